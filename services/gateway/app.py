@@ -1,0 +1,205 @@
+"""The FastAPI application: thin routers over the serving classes.
+
+`build_app` takes its collaborators (student client, tokenizer, registry, capture sink) as arguments, so the
+same app runs inside the Ray Serve ingress or, in tests, in-process around any student.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.config import Settings
+from services.gateway.auth import Auth
+from services.gateway.capture import CapturePolicy, CaptureSink, NullSink
+from services.gateway.errors import ApiError, model_not_found
+from services.gateway.generation import GenerationService, Served
+from services.gateway.metrics import ServingMetrics
+from services.gateway.protocol import LoadLoRARequest, ModelCard, ModelList, PromoteRequest, UnloadLoRARequest
+from services.gateway.serving_adapters import AdapterService
+from services.gateway.serving_chat import ChatServing
+from services.gateway.serving_completions import CompletionServing
+from services.gateway.student_client import StudentClient
+from services.gateway.tokenizer import PromptTokenizer
+from services.registry import AdapterRegistry
+
+log = logging.getLogger(__name__)
+
+ADAPTER_HEADER = "x-distillery-adapter"
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) past `limit` bytes even when no Content-Length was sent."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"Request body exceeds the limit of {limit} bytes", None, "request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _respond(result: Served | ApiError | dict[str, Any]) -> Response:
+    if isinstance(result, ApiError):
+        return result.response()
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    headers = {ADAPTER_HEADER: result.adapter}
+    if result.stream is not None:
+        return StreamingResponse(
+            result.stream, media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    return JSONResponse(result.body, headers=headers)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    student: StudentClient,
+    tokenizer: PromptTokenizer,
+    registry: AdapterRegistry,
+    sink: CaptureSink | None = None,
+    metrics: ServingMetrics | None = None,
+    echo_request_id: bool = True,
+) -> FastAPI:
+    """`echo_request_id=False` behind Ray Serve, whose proxy already returns x-request-id."""
+    app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None)
+    metrics = metrics or ServingMetrics()
+    auth = Auth(settings.server)
+    generation = GenerationService(settings, student, metrics, CapturePolicy(settings.capture, sink or NullSink()))
+    max_len = settings.student.max_model_len
+    chat = ChatServing(generation, tokenizer, max_len)
+    completions = CompletionServing(generation, tokenizer, max_len)
+    adapters = AdapterService(registry, student, metrics)
+    app.state.metrics, app.state.generation = metrics, generation
+    limit = settings.server.max_body_bytes
+
+    # ---- cross-cutting: request ids, body limit, errors in the OpenAI shape --------------------------
+    @app.middleware("http")
+    async def request_id_and_size(request: Request, call_next: Any) -> Response:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request.state.request_id = given if _SAFE_ID.match(given) else f"req-{uuid.uuid4().hex}"
+        request.state.started_at = time.monotonic()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            response: Response = ApiError(
+                413, f"Request body exceeds the limit of {limit} bytes", None, "request_too_large"
+            ).response()
+        else:
+            response = await call_next(request)
+        if echo_request_id:
+            response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        return ApiError(422, f"Invalid request: {'.'.join(loc)}: {err['msg']}", ".".join(loc) or None,
+                        "validation_error").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return ApiError(exc.status_code, str(exc.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return ApiError(500, f"Internal server error: {type(exc).__name__}", None, "internal_error").response()
+
+    client = Depends(auth.require_client)
+    admin = Depends(auth.require_admin)
+
+    def ctx(request: Request) -> dict[str, Any]:
+        return {"request_id": request.state.request_id, "started_at": request.state.started_at,
+                "headers": {k: v for k, v in request.headers.items() if k.startswith("x-distillery-")}}
+
+    # ---- OpenAI API -------------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions", dependencies=[client])
+    async def chat_completions(request: Request) -> Response:
+        return _respond(await chat.create(await read_body(request, limit), **ctx(request)))
+
+    @app.post("/v1/completions", dependencies=[client])
+    async def create_completion(request: Request) -> Response:
+        return _respond(await completions.create(await read_body(request, limit), **ctx(request)))
+
+    async def model_cards() -> list[ModelCard]:
+        m = await student.models()
+        base = m["base"]
+        cards = [ModelCard(id=base, root=m["root"], max_model_len=m["max_model_len"]),
+                 ModelCard(id=registry.served_name, root=m["promoted"], parent=base,
+                           max_model_len=m["max_model_len"])]
+        cards += [ModelCard(id=a["name"], root=a["path"], parent=base, max_model_len=m["max_model_len"])
+                  for a in m["loaded"]]
+        return cards
+
+    @app.get("/v1/models", dependencies=[client])
+    async def list_models() -> Response:
+        return JSONResponse(ModelList(data=await model_cards()).model_dump())
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[client])
+    async def get_model(model_id: str) -> Response:
+        for card in await model_cards():
+            if card.id == model_id:
+                return JSONResponse(card.model_dump())
+        return model_not_found(model_id).response()
+
+    @app.post("/v1/load_lora_adapter", dependencies=[admin])
+    async def load_lora_adapter(body: LoadLoRARequest) -> Response:
+        return _respond(await adapters.load(body))
+
+    @app.post("/v1/unload_lora_adapter", dependencies=[admin])
+    async def unload_lora_adapter(body: UnloadLoRARequest) -> Response:
+        return _respond(await adapters.unload(body))
+
+    # ---- admin ------------------------------------------------------------------------------------------
+    @app.get("/admin/adapters", dependencies=[admin])
+    async def list_adapters() -> Response:
+        return JSONResponse(await adapters.list())
+
+    @app.post("/admin/adapters/rollback", dependencies=[admin])
+    async def rollback(body: PromoteRequest | None = None) -> Response:
+        return _respond(await adapters.rollback(body.reason if body else None))
+
+    @app.post("/admin/adapters/{version}/promote", dependencies=[admin])
+    async def promote(version: str, body: PromoteRequest | None = None) -> Response:
+        return _respond(await adapters.promote(version, body.reason if body else None))
+
+    # ---- operations -------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        try:
+            await asyncio.wait_for(student.check_health(), timeout=10)
+            m = await student.models()
+        except Exception as e:
+            return ApiError(503, f"student engine not ready: {type(e).__name__}", None, "not_ready").response()
+        return JSONResponse({"status": "ready", "serving": m["promoted"], "base_model": m["base"]})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        # Read from the registry at scrape time: promotions by a training job or another replica show too.
+        promoted = await asyncio.to_thread(registry.promoted)
+        metrics.set_promoted(promoted.name if promoted else registry.base_model)
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,56 @@
+"""The seam to the debate service: each finished request is offered to a sink, never awaited.
+
+The gateway decides *whether* to offer (capture enabled, sample rate, the client's opt-out header);
+the sink decides what to do with it and must return at once. The debate issue plugs a durable,
+store-backed queue in here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.config import CaptureConfig
+
+OPT_OUT_HEADER = "x-distillery-no-distill"
+
+
+@dataclass
+class FinishedRequest:
+    request_id: str
+    endpoint: str  # chat | completions
+    model: str
+    adapter: str
+    request: dict[str, Any]  # messages (chat) or prompt (completions), sampling fields
+    outputs: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class CaptureSink(Protocol):
+    def offer(self, item: FinishedRequest) -> bool:
+        """Take the item without blocking; False if it was dropped (e.g. a full buffer)."""
+        ...
+
+
+class NullSink:
+    def offer(self, item: FinishedRequest) -> bool:
+        return True
+
+
+class CapturePolicy:
+    def __init__(self, cfg: CaptureConfig, sink: CaptureSink, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self._rng = rng or random.Random()
+
+    def wants(self, endpoint: str, headers: dict[str, str]) -> bool:
+        return (
+            self.cfg.enabled
+            and endpoint == "chat"
+            and headers.get(OPT_OUT_HEADER, "").strip() not in {"1", "true", "yes"}
+            and self._rng.random() < self.cfg.sample_rate
+        )

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the serving path, all under the `distillery_` namespace.
+
+They live in the gateway process, which sees every request, and are exposed at GET /metrics. A private
+CollectorRegistry keeps Ray's and vLLM's own process metrics out of Distillery's namespace.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "distillery_requests", "Finished requests by endpoint, requested model, serving adapter and status.",
+            ["endpoint", "model", "adapter", "status"], registry=r,
+        )
+        self.in_flight = Gauge("distillery_requests_in_flight", "Generation requests running now.", registry=r)
+        self.latency = Histogram(
+            "distillery_request_latency_seconds", "End-to-end latency of generation requests.",
+            ["endpoint", "adapter"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "distillery_time_to_first_token_seconds", "Time from request arrival to the first generated token.",
+            ["endpoint", "adapter"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "distillery_prompt_tokens", "Prompt tokens processed.", ["adapter"], registry=r
+        )
+        self.generation_tokens = Counter(
+            "distillery_generation_tokens", "Completion tokens generated.", ["adapter"], registry=r
+        )
+        self.tokens_per_query = Histogram(
+            "distillery_tokens_per_query", "Total tokens (prompt + completion) of one request, by adapter version.",
+            ["adapter"], buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.completion_tokens_per_query = Histogram(
+            "distillery_completion_tokens_per_query", "Completion tokens of one request, by adapter version.",
+            ["adapter"], buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.promoted = Info(
+            "distillery_promoted_adapter", "The adapter version `student` currently resolves to.", registry=r
+        )
+        self.adapter_load = Histogram(
+            "distillery_adapter_load_seconds", "Time to load an adapter version into the engine.",
+            buckets=SWAP_BUCKETS, registry=r,
+        )
+        self.adapter_swap = Histogram(
+            "distillery_adapter_swap_seconds", "Time of a promotion or rollback, load included.",
+            ["action"], buckets=SWAP_BUCKETS, registry=r,
+        )
+        self.adapter_events = Counter(
+            "distillery_adapter_events", "Adapter operations by action and outcome.", ["action", "outcome"],
+            registry=r,
+        )
+        self.capture_dropped = Counter(
+            "distillery_capture_dropped", "Finished requests the capture sink could not take.", registry=r
+        )
+
+    def set_promoted(self, name: str) -> None:
+        self.promoted.info({"version": name})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

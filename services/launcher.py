@@ -1,0 +1,115 @@
+"""Starts Distillery: resolve the base model, start Ray, deploy Gateway -> Student on Ray Serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.config import Settings
+from services.student.model_prep import base_model_id, resolve_base_model
+
+APP_NAME = "distillery"
+Progress = Callable[[str], None]
+
+
+def build_application(settings: Settings, model_path: str) -> Any:
+    from services.gateway.deployment import GatewayDeployment
+    from services.student.deployment import StudentDeployment
+
+    base_id = base_model_id(model_path)
+    # Admission control happens in the gateway (429); Serve's own queue limits sit above it.
+    ongoing = settings.server.max_concurrent_requests + 8
+    student = StudentDeployment.options(
+        ray_actor_options={"num_cpus": settings.student.num_cpus, "num_gpus": settings.student.num_gpus},
+        max_ongoing_requests=ongoing,
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+    ).bind(settings, model_path, base_id)
+    return GatewayDeployment.options(
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
+    ).bind(student, settings, model_path, base_id)
+
+
+class _Ticker:
+    """Prints elapsed time while a long step runs, so `make run` never looks hung."""
+
+    def __init__(self, progress: Progress, what: str, every: float = 10.0) -> None:
+        self.progress, self.what, self.every = progress, what, every
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> _Ticker:
+        self.progress(f"{self.what} ...")
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.progress(f"  {self.what}: {time.monotonic() - self._t0:.0f}s")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if exc[0] is None:
+            self.progress(f"{self.what}: done in {time.monotonic() - self._t0:.1f}s")
+
+
+def start(settings: Settings, progress: Progress = print) -> str:
+    """Deploy the application; returns once it answers. The caller owns shutdown (`stop`)."""
+    import ray
+    from ray import serve
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_base_model(settings, progress)
+    # Replicas inherit the environment of the Ray started here: nothing may reach a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.student.kv_cache_gb))
+    with _Ticker(progress, "starting Ray"):
+        ray.init(
+            address=settings.ray.address or "local",
+            num_cpus=settings.ray.num_cpus or os.cpu_count(),
+            namespace=settings.ray.namespace,
+            include_dashboard=False,
+            log_to_driver=os.environ.get("DISTILLERY_RAY_LOG_TO_DRIVER", "0") == "1",
+            object_store_memory=None if settings.ray.address else 256 * 1024**2,
+        )
+        serve.start(
+            http_options={
+                "host": settings.server.host,
+                "port": settings.server.port,
+                "request_timeout_s": settings.server.request_timeout_s,
+            }
+        )
+    with _Ticker(progress, f"starting the student engine (vLLM) on {model_path}"):
+        serve.run(build_application(settings, model_path), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    progress(f"Distillery is serving on {url}  (model `{settings.student.served_name}`, OpenAI API at {url}/v1)")
+    return url
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def serve_forever(settings: Settings, progress: Progress = print) -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    start(settings, progress)
+    try:
+        done.wait()
+    finally:
+        progress("shutting down")
+        stop()

@@ -1,0 +1,275 @@
+"""AdapterRegistry: publish immutable adapter versions, resolve model names, promote and roll back.
+
+Versions are `student@v1`, `student@v2`, ...: each is a copy of the adapter folder under
+`<data_dir>/adapters/student@vN`, never overwritten, so any replica can load any version and no replica ever
+serves a stale adapter under a reused name. The promoted version is derived by replaying the append-only
+promotion log (promote pushes, rollback pops), so there is no second copy of that state to drift.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from services.registry.validate import AdapterInvalid, validate_adapter
+from services.store.adapters import AdapterRow, PromotionRow
+from services.store.db import Database
+
+
+class RegistryError(LookupError):
+    """Unknown version or an operation the registry's state does not allow."""
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    number: int
+    name: str  # student@vN
+    path: str
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    created_at: datetime
+    status: str
+    label: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.name,
+            "number": self.number,
+            "label": self.label,
+            "path": self.path,
+            "base_model": self.base_model,
+            "rank": self.rank,
+            "target_modules": self.target_modules,
+            "created_at": self.created_at.isoformat(),
+            "status": self.status,
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "note": self.note,
+        }
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        db: Database,
+        adapters_dir: Path,
+        *,
+        served_name: str,
+        base_model: str,
+        base_model_dir: Path | None,
+        max_rank: int,
+    ) -> None:
+        self.db = db
+        self.adapters_dir = adapters_dir
+        self.served_name = served_name
+        self.base_model = base_model
+        self.base_model_dir = base_model_dir
+        self.max_rank = max_rank
+        self._version_re = re.compile(rf"^{re.escape(served_name)}@v(\d+)$")
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, base_id: str, model_path: str) -> AdapterRegistry:
+        """The registry in the configured store (tables created on first use)."""
+        db = Database(settings.db_url)
+        db.create_all()
+        local = Path(model_path)
+        return cls(
+            db,
+            settings.adapters_dir,
+            served_name=settings.student.served_name,
+            base_model=base_id,
+            base_model_dir=local if local.is_dir() else None,
+            max_rank=settings.student.max_lora_rank,
+        )
+
+    # ---- naming -------------------------------------------------------------------------------------
+    def version_name(self, number: int) -> str:
+        return f"{self.served_name}@v{number}"
+
+    def _to_version(self, row: AdapterRow) -> AdapterVersion:
+        return AdapterVersion(
+            number=row.number,
+            name=self.version_name(row.number),
+            path=row.path,
+            base_model=row.base_model,
+            rank=row.rank,
+            target_modules=list(row.target_modules or []),
+            created_at=row.created_at,
+            status=row.status,
+            label=row.label,
+            metrics=dict(row.metrics or {}),
+            lineage=dict(row.lineage or {}),
+            note=row.note,
+        )
+
+    # ---- publishing ---------------------------------------------------------------------------------
+    def validate(self, path: Path) -> None:
+        validate_adapter(path, self.base_model_dir, self.max_rank)
+
+    def publish(
+        self,
+        src: Path,
+        *,
+        label: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> AdapterVersion:
+        """Validate `src`, copy it to a new immutable version, and register it (status `registered`)."""
+        src = Path(src).expanduser().resolve()
+        info = validate_adapter(src, self.base_model_dir, self.max_rank)
+        if label is not None and (self._version_re.match(label) or label == self.served_name):
+            raise AdapterInvalid(f"label {label!r} collides with the reserved names {self.served_name}[@vN]")
+        if label is not None and self._find_label(label) is not None:
+            raise RegistryError(f"an adapter labelled {label!r} is already registered")
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.adapters_dir / f".staging-{uuid.uuid4().hex}"
+        shutil.copytree(src, staging)
+        try:
+            with self.db.session() as s:
+                number = (s.scalar(select(func.max(AdapterRow.number))) or 0) + 1
+                dest = self.adapters_dir / self.version_name(number)
+                if dest.exists():  # left by a crashed publish whose row never committed
+                    shutil.rmtree(dest)
+                staging.rename(dest)
+                row = AdapterRow(
+                    number=number,
+                    label=label,
+                    path=str(dest),
+                    base_model=self.base_model,
+                    rank=info.rank,
+                    target_modules=info.target_modules,
+                    status="registered",
+                    metrics=metrics or {},
+                    lineage=lineage or {},
+                    note=note,
+                )
+                s.add(row)
+                s.flush()
+                return self._to_version(row)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def update(self, name: str, *, metrics: dict[str, Any] | None = None, note: str | None = None) -> AdapterVersion:
+        """Merge metrics into a version's record (e.g. evaluation results) and/or set its note."""
+        number = self._number(name)
+        with self.db.session() as s:
+            row = s.get(AdapterRow, number)
+            if row is None:
+                raise RegistryError(f"no adapter {name!r}")
+            if metrics:
+                row.metrics = {**(row.metrics or {}), **metrics}
+            if note is not None:
+                row.note = note
+            return self._to_version(row)
+
+    # ---- lookup ---------------------------------------------------------------------------------------
+    def _find_label(self, label: str) -> AdapterRow | None:
+        with self.db.session() as s:
+            return s.scalar(select(AdapterRow).where(AdapterRow.label == label))
+
+    def _number(self, name: str) -> int:
+        m = self._version_re.match(name)
+        if m:
+            return int(m.group(1))
+        row = self._find_label(name)
+        if row is None:
+            raise RegistryError(f"no adapter named {name!r}")
+        return row.number
+
+    def get(self, name: str) -> AdapterVersion:
+        number = self._number(name)
+        with self.db.session() as s:
+            row = s.get(AdapterRow, number)
+            if row is None:
+                raise RegistryError(f"no adapter {name!r} in the registry")
+            return self._to_version(row)
+
+    def list(self) -> list[AdapterVersion]:
+        with self.db.session() as s:
+            return [self._to_version(r) for r in s.scalars(select(AdapterRow).order_by(AdapterRow.number))]
+
+    def resolve(self, model: str) -> AdapterVersion | None:
+        """Adapter a request for `model` runs on: None means the bare base model."""
+        if model == self.served_name:
+            return self.promoted()
+        if model == self.base_model:
+            return None
+        return self.get(model)
+
+    # ---- promotion ------------------------------------------------------------------------------------
+    def _stack(self) -> list[int | None]:
+        with self.db.session() as s:
+            events = s.execute(select(PromotionRow.kind, PromotionRow.number).order_by(PromotionRow.id)).all()
+        stack: list[int | None] = []
+        for kind, number in events:
+            if kind == "promote":
+                stack.append(number)
+            elif stack:
+                stack.pop()
+        return stack
+
+    def promoted(self) -> AdapterVersion | None:
+        stack = self._stack()
+        if not stack or stack[-1] is None:
+            return None
+        with self.db.session() as s:
+            row = s.get(AdapterRow, stack[-1])
+            return self._to_version(row) if row else None
+
+    def promote(self, name: str, reason: str | None = None) -> AdapterVersion:
+        target = self.get(name)
+        current = self.promoted()
+        if current is not None and current.number == target.number:
+            return target
+        with self.db.session() as s:
+            if current is not None:
+                s.get(AdapterRow, current.number).status = "superseded"  # type: ignore[union-attr]
+            s.get(AdapterRow, target.number).status = "promoted"  # type: ignore[union-attr]
+            s.add(PromotionRow(kind="promote", number=target.number, reason=reason))
+        return self.get(target.name)
+
+    def rollback_target(self) -> AdapterVersion | None:
+        """The version a rollback would return to (None: the base model); RegistryError if there is none."""
+        stack = self._stack()
+        if not stack:
+            raise RegistryError("nothing to roll back: the base model is served and no adapter was promoted")
+        previous = stack[-2] if len(stack) > 1 else None
+        return self.get(self.version_name(previous)) if previous is not None else None
+
+    def rollback(self, reason: str | None = None) -> AdapterVersion | None:
+        """Return to the version promoted before the current one (the base model if none)."""
+        self.rollback_target()  # raises when there is nothing to roll back
+        stack = self._stack()
+        with self.db.session() as s:
+            if stack[-1] is not None:
+                s.get(AdapterRow, stack[-1]).status = "rolled_back"  # type: ignore[union-attr]
+            previous = stack[-2] if len(stack) > 1 else None
+            if previous is not None:
+                s.get(AdapterRow, previous).status = "promoted"  # type: ignore[union-attr]
+            s.add(PromotionRow(kind="rollback", number=previous, reason=reason))
+        return self.promoted()
+
+    def history(self) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(select(PromotionRow).order_by(PromotionRow.id)).all()
+            return [
+                {
+                    "at": r.at.isoformat(),
+                    "kind": r.kind,
+                    "version": self.version_name(r.number) if r.number else None,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ]

@@ -1,0 +1,44 @@
+"""Tables of the adapter registry: one row per immutable adapter version, one per promotion event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.store.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AdapterRow(Base):
+    __tablename__ = "adapters"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # N of student@vN, never reused
+    label: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    base_model: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # registered -> promoted -> superseded | rolled_back; a candidate refused by a gate stays registered.
+    status: Mapped[str] = mapped_column(String(32), default="registered")
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class PromotionRow(Base):
+    """An append-only log; the promoted version is derived from it by replay (see AdapterRegistry)."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    number: Mapped[int | None] = mapped_column(Integer, nullable=True)  # version promoted to; None = base
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)

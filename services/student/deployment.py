@@ -1,0 +1,49 @@
+"""Ray Serve deployment hosting the StudentEngine (one vLLM engine per replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from services.config import Settings
+from services.registry import AdapterRegistry
+from services.student.engine import StudentEngine
+from services.student.events import Event, Failed, GenerateRequest, LoadResult
+
+
+@serve.deployment(name="Student")
+class StudentDeployment:
+    async def __init__(self, settings: Settings, model_path: str, base_id: str) -> None:
+        logging.basicConfig(level=settings.log_level)
+        registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
+        self.engine = StudentEngine(settings, model_path=model_path, base_id=base_id, registry=registry)
+        await self.engine.start()
+        # Follow promotions made by other processes (training jobs, other gateway replicas).
+        self._watch = asyncio.create_task(self.engine.watch_registry(settings.student.registry_poll_s))
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
+        async for event in self.engine.generate(req):
+            yield event
+
+    async def load(self, name: str) -> LoadResult | Failed:
+        return await self.engine.load(name)
+
+    async def unload(self, name: str) -> LoadResult | Failed:
+        return await self.engine.unload(name)
+
+    async def sync(self) -> LoadResult | Failed:
+        return await self.engine.sync()
+
+    def models(self) -> dict[str, Any]:
+        return self.engine.models()
+
+    async def check_health(self) -> None:
+        # Ray Serve calls this periodically: a dead engine gets the replica restarted.
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        self.engine.shutdown()

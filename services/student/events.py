@@ -1,0 +1,50 @@
+"""What crosses the gateway -> student boundary (plain dataclasses: cheap to pickle through Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerateRequest:
+    request_id: str
+    model: str  # as the client named it: `student`, `student@v3`, a label, or the base model id
+    prompts: list[list[int]]  # token ids; several only for /v1/completions with a batch of prompts
+    max_tokens: int | None = None  # None: up to the context length
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, n, stop, seed, penalties
+
+
+@dataclass
+class Started:
+    """First event of every successful generation: which version serves it, fixed for its whole life."""
+
+    adapter: str  # `student@vN`, or the base model id
+
+
+@dataclass
+class Delta:
+    index: int  # choice index: prompt_index * n + sample index, as the OpenAI API numbers them
+    text: str
+    tokens: int  # completion tokens in this delta
+    finish_reason: str | None = None
+
+
+@dataclass
+class Failed:
+    """An error value instead of an exception, so it arrives intact through Ray's streaming generator."""
+
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+Event = Started | Delta | Failed
+
+
+@dataclass
+class LoadResult:
+    version: str
+    seconds: float
+    already_loaded: bool = False
