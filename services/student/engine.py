@@ -245,7 +245,9 @@ class StudentEngine:
         name, lora = resolved
         try:
             params = [self._sampling_params(req, len(p)) for p in req.prompts]
-        except ValueError as e:  # vLLM's validation (e.g. n>1 with greedy sampling)
+        except Exception as e:  # vLLM's validation (e.g. n>1 with greedy sampling)
+            if not _is_client_error(e):
+                raise
             yield Failed(400, str(e), None, "invalid_sampling_params")
             return
         if lora is not None:
@@ -254,9 +256,10 @@ class StudentEngine:
             yield Started(name)
             async for event in self._stream(req, params, lora):
                 yield event
-        except ValueError as e:
-            yield Failed(400, str(e), None, "invalid_request")
         except Exception as e:
+            if _is_client_error(e):
+                yield Failed(400, str(e), None, "invalid_request")
+                return
             log.exception("generation %s failed", req.request_id)
             yield Failed(500, f"generation failed: {type(e).__name__}: {e}", None, "engine_error")
         finally:
@@ -312,3 +315,9 @@ class StudentEngine:
 _SAMPLING_KEYS = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                   "frequency_penalty"}
 
+
+def _is_client_error(e: Exception) -> bool:
+    """vLLM reports bad requests as ValueError or VLLMClientError (which is not a ValueError)."""
+    from vllm.exceptions import VLLMClientError
+
+    return isinstance(e, ValueError | VLLMClientError)
