@@ -27,9 +27,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, run_load, table, wait_ready, write_json  # noqa: E402
-from services.config import Settings  # noqa: E402
-from services.student.model_prep import resolve_base_model  # noqa: E402
+import contextlib
+
+from bench.common import machine, run_load, table, wait_ready, write_json
+from services.config import Settings
+from services.student.model_prep import resolve_base_model
 
 MAX_LEN = 2048
 
@@ -41,14 +43,10 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     time.sleep(3)  # let the OS reclaim the engine's memory and cores before the next server
 
 
@@ -154,7 +152,7 @@ def main() -> None:
         rows.append({"concurrency": b.concurrency, "vllm req/s": b.rps, "distillery req/s": d.rps,
                      "ratio": round(d.rps / b.rps, 3), "vllm p50": b.p50_s, "dist p50": d.p50_s,
                      "vllm p99": b.p99_s, "dist p99": d.p99_s, "failed": b.failed + d.failed})
-    print("\nThroughput and latency (chat, greedy, max_tokens=%d)" % args.max_tokens)
+    print(f"\nThroughput and latency (chat, greedy, max_tokens={args.max_tokens})")
     print(table(rows, list(rows[0])))
     srows = [{"phase": k, "p99 s": swap[k].p99_s, "p50 s": swap[k].p50_s, "req/s": swap[k].rps,
               "failed": swap[k].failed, "requests": swap[k].requests} for k in ("steady", "swapping")]

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.config import Settings  # noqa: E402
+from services.config import Settings
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
