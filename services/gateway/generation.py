@@ -133,7 +133,9 @@ class GenerationService:
             raise
         if isinstance(first, Failed):
             self._leave()
-            self._count(renderer.endpoint, req.model, "-", first.status)
+            # An unknown model name is the client's free text: keep it out of the label set.
+            model_label = "unknown" if first.code == "model_not_found" else req.model
+            self._count(renderer.endpoint, model_label, "-", first.status)
             return ApiError(first.status, first.message, first.param, first.code)
 
         n_choices = len(req.prompts) * (req.sampling.get("n") or 1)
