@@ -62,7 +62,9 @@ class _Tally:
 
     def add(self, d: Delta) -> None:
         if self.first_token_at is None and d.tokens:
-            self.first_token_at = time.monotonic()
+            now = time.monotonic()
+            # An aggregated (non-streaming) delta carries when its first token really came.
+            self.first_token_at = now - max(0.0, time.time() - d.first_token_wall) if d.first_token_wall else now
         self.texts[d.index] += d.text
         self.completion_tokens += d.tokens
         if d.finish_reason is not None:

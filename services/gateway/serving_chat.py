@@ -83,7 +83,7 @@ class ChatServing:
         limit = req.token_limit()
         if (err := check_context(len(ids), limit, self.max_model_len, "messages")) is not None:
             return err
-        gen = GenerateRequest(request_id, req.model, [ids], limit, sampling_fields(req))
+        gen = GenerateRequest(request_id, req.model, [ids], limit, sampling_fields(req), stream=req.stream)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         payload = {"messages": messages, **{k: v for k, v in sampling_fields(req).items() if v is not None},
                    "max_tokens": limit}

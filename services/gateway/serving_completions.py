@@ -82,7 +82,7 @@ class CompletionServing:
         for p in prompts:
             if (err := check_context(len(p), limit, self.max_model_len, "prompt")) is not None:
                 return err
-        gen = GenerateRequest(request_id, req.model, prompts, limit, sampling_fields(req))
+        gen = GenerateRequest(request_id, req.model, prompts, limit, sampling_fields(req), stream=req.stream)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         payload = {"prompt": req.prompt, "max_tokens": limit}
         return await self.generation.run(

@@ -281,6 +281,23 @@ class StudentEngine:
                 for o in out.outputs:
                     yield Delta(i * n + o.index, o.text, len(o.token_ids), o.finish_reason)
 
+        if not req.stream:
+            # Aggregate here so a non-streaming request crosses Ray once per choice, not once per token.
+            merged: dict[int, Delta] = {}
+            async for d in self._merge(req, one):
+                m = merged.get(d.index)
+                if m is None:
+                    m = merged[d.index] = Delta(d.index, "", 0, None, first_token_wall=time.time())
+                m.text += d.text
+                m.tokens += d.tokens
+                m.finish_reason = d.finish_reason or m.finish_reason
+            for index in sorted(merged):
+                yield merged[index]
+            return
+        async for d in self._merge(req, one):
+            yield d
+
+    async def _merge(self, req: GenerateRequest, one: Callable[[int], AsyncIterator[Delta]]) -> AsyncIterator[Delta]:
         if len(req.prompts) == 1:
             async for d in one(0):
                 yield d

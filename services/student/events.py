@@ -13,6 +13,7 @@ class GenerateRequest:
     prompts: list[list[int]]  # token ids; several only for /v1/completions with a batch of prompts
     max_tokens: int | None = None  # None: up to the context length
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, n, stop, seed, penalties
+    stream: bool = True  # False: the engine sends one Delta per choice at the end (one Ray hop, not one per token)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Delta:
     text: str
     tokens: int  # completion tokens in this delta
     finish_reason: str | None = None
+    first_token_wall: float | None = None  # time.time() of this choice's first token (set when aggregated)
 
 
 @dataclass
