@@ -46,6 +46,16 @@ def versions(service, codeword_adapters) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_base(service):
+    """Leave the shared service as found: roll back until `student` is the base model again."""
+    yield
+    for _ in range(100):
+        if admin(service, "/admin/adapters/rollback").status_code != 200:
+            break
+    assert httpx.get(f"{service.url}/ready").json()["serving"] == BASE
+
+
 def admin(service, path: str, body=None) -> httpx.Response:
     return httpx.post(f"{service.url}{path}", json=body, timeout=60, headers=service.admin_headers())
 
