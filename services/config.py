@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -84,10 +84,122 @@ class StudentConfig(BaseModel):
 
 
 class CaptureConfig(BaseModel):
-    """Seam for the debate service: which finished requests are handed on, without waiting for it."""
+    """Which finished requests the gateway hands to the debate service (durably, without waiting for it)."""
 
-    enabled: bool = Field(False, description="Hand finished chat requests to the capture sink.")
-    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of finished requests handed on.")
+    enabled: bool = Field(True, description="Queue finished chat requests for debates (the store's capture queue).")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of finished chat requests queued.")
+    redactor: str = Field(
+        "default",
+        description="Applied to every captured text before it is stored or sent to a teacher: `default` "
+        "(e-mail addresses and digit runs of `redact_min_digits`+ masked), `none`, or `module:function` "
+        "(a `str -> str` callable).",
+    )
+    redact_min_digits: int = Field(7, ge=2, description="Digit runs this long or longer are masked by `default`.")
+
+
+ErrorStyle = Literal["wrong_operation", "off_by_one", "dropped_step"]
+
+
+class ReferenceProfile(BaseModel):
+    """A built-in reference teacher: solves the task suite exactly, then errs on purpose at `error_rate`."""
+
+    error_rate: float = Field(0.0, ge=0, le=1, description="Share of answers (and reviews) it gets wrong.")
+    error_styles: list[ErrorStyle] = Field(
+        default_factory=lambda: ["wrong_operation", "off_by_one", "dropped_step"],
+        description="How its wrong answers go wrong.",
+    )
+    seed: int = Field(0, description="Errors are a deterministic function of (seed, prompt).")
+    latency_s: float = Field(0.0, ge=0, description="Added delay per answer (to imitate a slow remote model).")
+
+    @field_validator("error_styles")
+    @classmethod
+    def _some_style(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("error_styles needs at least one style; use error_rate: 0 for a teacher that never errs")
+        return v
+
+
+class TeacherConfig(BaseModel):
+    name: str = Field(description="Agent name in MAGs and metric labels.")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (…/v1). Unset with `reference` set: the built-in reference "
+        "teacher hosted by the service at /teachers/<name>/v1."
+    )
+    model: str = Field("reference", description="Model name sent to the endpoint.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (never the key).")
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="USD per 1k prompt tokens (cost estimate).")
+    price_completion_per_1k: float = Field(0.0, ge=0, description="USD per 1k completion tokens (cost estimate).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(2, ge=0, description="Retries on 429, 5xx and transport errors (exponential backoff).")
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight to this teacher.")
+    tokens_per_hour: int | None = Field(
+        None, ge=1, description="Token budget per rolling hour; past it the teacher sits debates out."
+    )
+    temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature (D&R uses 0.3).")
+    reference: ReferenceProfile | None = Field(None, description="Built-in reference teacher profile.")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TeacherConfig:
+        if self.base_url is None and self.reference is None:
+            raise ValueError(f"teacher {self.name!r} needs a base_url (or a `reference` profile for a built-in one)")
+        return self
+
+
+def _embedded_teachers() -> list[TeacherConfig]:
+    # Three built-in teachers with different error profiles, so debates and peer review have real
+    # disagreement to resolve before any paid API is wired up.
+    return [
+        TeacherConfig(name="ref-exact", reference=ReferenceProfile(error_rate=0.0, seed=1)),
+        TeacherConfig(name="ref-offbyone", reference=ReferenceProfile(error_rate=0.3, error_styles=["off_by_one"],
+                                                                      seed=2)),
+        TeacherConfig(name="ref-sloppy", reference=ReferenceProfile(
+            error_rate=0.5, error_styles=["wrong_operation", "dropped_step"], seed=3)),
+    ]
+
+
+class DebateConfig(BaseModel):
+    """D&R debates and FAIR peer review over captured traffic (services/debate)."""
+
+    enabled: bool = Field(True, description="Run the debate worker in the service.")
+    teachers: list[TeacherConfig] = Field(default_factory=_embedded_teachers, description="The teacher agents.")
+    max_rounds: int = Field(4, ge=1, le=10, description="Rounds 0..max_rounds-1; no critique phase after the last.")
+    max_tokens: int = Field(512, ge=16, description="Completion tokens per agent turn.")
+    block_tokens: int = Field(
+        470, ge=32, description="Token budget of one agent's block (answer, reflection, feedback) in debate prompts."
+    )
+    student_samples: int = Field(
+        5, ge=1, le=16, description="Student samples per turn; the first with a parsable `Final answer` is kept."
+    )
+    student_temperature: float = Field(0.3, gt=0, le=2, description="Student sampling temperature in debates.")
+    review_threshold: float = Field(
+        3.0, ge=1, le=5, description="FAIR: a rationale is accepted when its mean peer score is above this."
+    )
+    pseudo_gold_min_teachers: int = Field(
+        2, ge=1, description="Unlabelled traffic: teachers that must agree (with accepted rationales) on a pseudo-gold."
+    )
+    concurrency: int = Field(2, ge=1, description="Debates run at once by one worker.")
+    max_attempts: int = Field(3, ge=1, description="Tries per captured request before it is marked failed.")
+    lease_s: float = Field(60.0, gt=0, description="A running item whose worker stopped heartbeating is re-queued.")
+    poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for queued items.")
+    yield_to_traffic: bool = Field(
+        True, description="Hold the debate's student turns while the student serves live requests."
+    )
+    yield_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest a student turn waits for serving to go idle before it runs anyway."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DebateConfig:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"debate.teachers names must be unique, got {names}")
+        if self.enabled and len(self.teachers) < 2:
+            raise ValueError("debate needs at least two teachers (peer review scores each by the others); "
+                             "add teachers or set debate.enabled: false")
+        if self.pseudo_gold_min_teachers > len(self.teachers):
+            raise ValueError(f"debate.pseudo_gold_min_teachers={self.pseudo_gold_min_teachers} exceeds the "
+                             f"{len(self.teachers)} configured teachers")
+        return self
 
 
 class RayConfig(BaseModel):
@@ -109,6 +221,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    debate: DebateConfig = Field(default_factory=DebateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -16,7 +16,14 @@ APP_NAME = "distillery"
 Progress = Callable[[str], None]
 
 
+def teachers_url(settings: Settings) -> str:
+    """Where the built-in reference teachers answer (the service's own port, /teachers/<name>/v1)."""
+    host = "127.0.0.1" if settings.server.host in {"0.0.0.0", "::"} else settings.server.host
+    return f"http://{host}:{settings.server.port}/teachers"
+
+
 def build_application(settings: Settings, model_path: str) -> Any:
+    from services.debate.deployment import DebateDeployment
     from services.gateway.deployment import GatewayDeployment
     from services.student.deployment import StudentDeployment
 
@@ -29,9 +36,23 @@ def build_application(settings: Settings, model_path: str) -> Any:
         health_check_period_s=10,
         health_check_timeout_s=60,
     ).bind(settings, model_path, base_id)
+    debate = None
+    if settings.debate.enabled and settings.capture.enabled:
+        debate = DebateDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
+            student, settings, model_path, teachers_url(settings)
+        )
     return GatewayDeployment.options(
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
-    ).bind(student, settings, model_path, base_id)
+    ).bind(student, debate, settings, model_path, base_id)
+
+
+def build_teachers_application(settings: Settings) -> Any | None:
+    from services.teachers.deployment import ReferenceTeachersDeployment
+
+    builtin = [t for t in settings.debate.teachers if t.reference is not None and t.base_url is None]
+    if not (settings.debate.enabled and builtin):
+        return None
+    return ReferenceTeachersDeployment.options(ray_actor_options={"num_cpus": 0}).bind(builtin)
 
 
 class _Ticker:
@@ -86,6 +107,10 @@ def start(settings: Settings, progress: Progress = print) -> str:
                 "request_timeout_s": settings.server.request_timeout_s,
             }
         )
+    teachers = build_teachers_application(settings)
+    if teachers is not None:
+        with _Ticker(progress, "starting the built-in reference teachers"):
+            serve.run(teachers, name="teachers", route_prefix="/teachers", blocking=False)
     with _Ticker(progress, f"starting the student engine (vLLM) on {model_path}"):
         serve.run(build_application(settings, model_path), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{settings.server.host}:{settings.server.port}"

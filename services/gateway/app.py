@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,19 +19,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.capture.policy import CapturePolicy, CaptureSink, NullSink
 from services.config import Settings
 from services.gateway.auth import Auth
-from services.gateway.capture import CapturePolicy, CaptureSink, NullSink
 from services.gateway.errors import ApiError, model_not_found
 from services.gateway.generation import GenerationService, Served
 from services.gateway.metrics import ServingMetrics
-from services.gateway.protocol import LoadLoRARequest, ModelCard, ModelList, PromoteRequest, UnloadLoRARequest
+from services.gateway.protocol import (
+    FeedbackRequest,
+    LoadLoRARequest,
+    ModelCard,
+    ModelList,
+    PromoteRequest,
+    UnloadLoRARequest,
+)
 from services.gateway.serving_adapters import AdapterService
 from services.gateway.serving_chat import ChatServing
 from services.gateway.serving_completions import CompletionServing
+from services.gateway.serving_feedback import FeedbackService
 from services.gateway.student_client import StudentClient
-from services.gateway.tokenizer import PromptTokenizer
 from services.registry import AdapterRegistry
+from services.store.mags import MagStore
+from services.student.tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +82,12 @@ def build_app(
     registry: AdapterRegistry,
     sink: CaptureSink | None = None,
     metrics: ServingMetrics | None = None,
+    store: MagStore | None = None,
+    extra_metrics: Callable[[], Awaitable[bytes]] | None = None,
     echo_request_id: bool = True,
 ) -> FastAPI:
-    """`echo_request_id=False` behind Ray Serve, whose proxy already returns x-request-id."""
+    """`store`: the capture queue, for /v1/feedback. `extra_metrics`: more exposition appended to /metrics (the
+    debate worker's). `echo_request_id=False` behind Ray Serve, whose proxy already returns x-request-id."""
     app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None)
     metrics = metrics or ServingMetrics()
     auth = Auth(settings.server)
@@ -83,6 +96,7 @@ def build_app(
     chat = ChatServing(generation, tokenizer, max_len)
     completions = CompletionServing(generation, tokenizer, max_len)
     adapters = AdapterService(registry, student, metrics)
+    feedback = FeedbackService(store)
     app.state.metrics, app.state.generation = metrics, generation
     limit = settings.server.max_body_bytes
 
@@ -160,6 +174,11 @@ def build_app(
                 return JSONResponse(card.model_dump())
         return model_not_found(model_id).response()
 
+    @app.post("/v1/feedback", dependencies=[client])
+    async def post_feedback(body: FeedbackRequest) -> Response:
+        result = await feedback.record(body)
+        return result.response() if isinstance(result, ApiError) else JSONResponse(result, status_code=202)
+
     @app.post("/v1/load_lora_adapter", dependencies=[admin])
     async def load_lora_adapter(body: LoadLoRARequest) -> Response:
         return _respond(await adapters.load(body))
@@ -200,6 +219,12 @@ def build_app(
         # Read from the registry at scrape time: promotions by a training job or another replica show too.
         promoted = await asyncio.to_thread(registry.promoted)
         metrics.set_promoted(promoted.name if promoted else registry.base_model)
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        body = metrics.render()
+        if extra_metrics is not None:
+            try:
+                body += await asyncio.wait_for(extra_metrics(), timeout=5)
+            except Exception as e:  # the debate worker restarting must not break the serving metrics
+                log.warning("extra metrics unavailable: %r", e)
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     return app

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.capture.policy import CapturePolicy, FinishedRequest
 from services.config import Settings
-from services.gateway.capture import CapturePolicy, FinishedRequest
 from services.gateway.errors import ApiError
 from services.gateway.metrics import ServingMetrics
 from services.gateway.student_client import StudentClient
@@ -142,7 +142,8 @@ class GenerationService:
 
         n_choices = len(req.prompts) * (req.sampling.get("n") or 1)
         tally = _Tally(n_choices, sum(len(p) for p in req.prompts))
-        finish = _Finisher(self, req, renderer.endpoint, first.adapter, tally, started_at, capture_payload, headers)
+        finish = _Finisher(self, req, renderer.endpoint, first.adapter, tally, started_at, capture_payload, headers,
+                           getattr(renderer, "id", ""))
         if stream:
             return Served(first.adapter, stream=self._sse(events, renderer, tally, include_usage, finish))
         try:
@@ -218,6 +219,7 @@ class _Finisher:
     started_at: float
     capture_payload: dict[str, Any]
     headers: dict[str, str]
+    response_id: str = ""
     done: bool = False
 
     def __call__(self, status: int) -> None:
@@ -249,6 +251,7 @@ class _Finisher:
                 completion_tokens=t.completion_tokens,
                 latency_s=latency,
                 headers=self.headers,
+                response_id=self.response_id,
             )
             try:
                 accepted = svc.capture.sink.offer(item)

@@ -190,3 +190,12 @@ class UnloadLoRARequest(BaseModel):
 
 class PromoteRequest(BaseModel):
     reason: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: the correct answer to an earlier request, for its debate (Distillery extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(None, max_length=160, description="The `x-request-id` of the response.")
+    id: str | None = Field(None, max_length=160, description="Or the completion's `id` (chatcmpl-...).")
+    answer: str = Field(min_length=1, max_length=2000, description="The correct final answer.")

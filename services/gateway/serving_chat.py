@@ -10,9 +10,9 @@ from typing import Any
 from services.gateway.errors import ApiError, bad_request
 from services.gateway.generation import GenerationService, Served
 from services.gateway.protocol import ChatCompletionRequest, ChatCompletionResponse
-from services.gateway.tokenizer import PromptTokenizer
 from services.gateway.validation import check_context, parse_body
 from services.student.events import Delta, GenerateRequest
+from services.student.tokenizer import PromptTokenizer
 
 
 def sampling_fields(req: Any) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from services.gateway.errors import ApiError, bad_request
 from services.gateway.generation import GenerationService, Served
 from services.gateway.protocol import CompletionRequest, CompletionResponse
 from services.gateway.serving_chat import sampling_fields
-from services.gateway.tokenizer import PromptTokenizer
 from services.gateway.validation import check_context, parse_body
 from services.student.events import Delta, GenerateRequest
+from services.student.tokenizer import PromptTokenizer
 
 
 @dataclass

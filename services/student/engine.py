@@ -81,6 +81,7 @@ class StudentEngine:
         self._lock = asyncio.Lock()  # serialises load/unload/sync
         self._defaults: dict[str, Any] = {}
         self.max_model_len = settings.student.max_model_len
+        self.serving_in_flight = 0  # clients' requests running now (debate turns excluded): the debate yields to it
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -252,6 +253,8 @@ class StudentEngine:
             return
         if lora is not None:
             self.slots.acquire(lora.lora_int_id)
+        if not req.background:
+            self.serving_in_flight += 1
         try:
             yield Started(name)
             async for event in self._stream(req, params, lora):
@@ -263,6 +266,8 @@ class StudentEngine:
             log.exception("generation %s failed", req.request_id)
             yield Failed(500, f"generation failed: {type(e).__name__}: {e}", None, "engine_error")
         finally:
+            if not req.background:
+                self.serving_in_flight -= 1
             if lora is not None:
                 await self.slots.release(lora.lora_int_id)
 

@@ -14,6 +14,7 @@ class GenerateRequest:
     max_tokens: int | None = None  # None: up to the context length
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, n, stop, seed, penalties
     stream: bool = True  # False: the engine sends one Delta per choice at the end (one Ray hop, not one per token)
+    background: bool = False  # a debate's turn, not a client's request: not counted as serving load
 
 
 @dataclass

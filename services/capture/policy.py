@@ -1,8 +1,8 @@
 """The seam to the debate service: each finished request is offered to a sink, never awaited.
 
 The gateway decides *whether* to offer (capture enabled, sample rate, the client's opt-out header);
-the sink decides what to do with it and must return at once. The debate issue plugs a durable,
-store-backed queue in here.
+the sink decides what to do with it and must return at once (`services.capture.sink.StoreSink` queues it
+durably in the store for the debate service).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class FinishedRequest:
     completion_tokens: int
     latency_s: float
     headers: dict[str, str] = field(default_factory=dict)
+    response_id: str = ""  # the completion's `id` (chatcmpl-...), which POST /v1/feedback also accepts
 
 
 class CaptureSink(Protocol):

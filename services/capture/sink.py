@@ -1,0 +1,79 @@
+"""The durable capture sink: finished requests go into the store's capture queue, off the serving path.
+
+`offer()` only puts the item in a bounded in-memory buffer and returns; a writer thread redacts and inserts
+batches (one transaction per batch). The window in which a hard kill can lose an item is the time an item
+waits in that buffer (milliseconds); `close()` drains it on a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from services.capture.policy import FinishedRequest
+from services.capture.redact import Redactor
+from services.store.mags import MagStore
+
+log = logging.getLogger(__name__)
+
+
+def question_of(messages: list[dict[str, Any]]) -> str | None:
+    """The question a debate is about: the last user message."""
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user" and m.get("content")), None)
+
+
+class StoreSink:
+    def __init__(self, store: MagStore, redact: Redactor, *, capacity: int = 10_000, batch: int = 64,
+                 linger_s: float = 0.05) -> None:
+        self.store, self.redact = store, redact
+        self.batch, self.linger_s = batch, linger_s
+        self._q: queue.Queue[FinishedRequest | None] = queue.Queue(maxsize=capacity)
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+
+    def offer(self, item: FinishedRequest) -> bool:
+        try:
+            self._q.put_nowait(item)
+            return True
+        except queue.Full:
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    def _row(self, item: FinishedRequest) -> dict[str, Any] | None:
+        messages = [{**m, "content": self.redact(m["content"]) if isinstance(m.get("content"), str) else ""}
+                    for m in item.request.get("messages", [])]
+        question = question_of(messages)
+        if question is None:
+            return None
+        return {"request_id": item.request_id, "response_id": item.response_id or None, "source": "traffic",
+                "question": question, "messages": messages,
+                "served_output": self.redact(item.outputs[0]) if item.outputs else None,
+                "served_adapter": item.adapter}
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            items = [first]
+            deadline = time.monotonic() + self.linger_s
+            while len(items) < self.batch and (left := deadline - time.monotonic()) > 0:
+                try:
+                    items.append(self._q.get(timeout=left))
+                except queue.Empty:
+                    break
+            stop = any(i is None for i in items)
+            rows = [r for i in items if i is not None and (r := self._row(i)) is not None]
+            while rows:
+                try:
+                    self.written += self.store.enqueue(rows)
+                    break
+                except Exception:  # the store is briefly unavailable: keep the batch, try again
+                    log.exception("capture write failed; retrying")
+                    time.sleep(1.0)

@@ -1,0 +1,322 @@
+"""The debate side's store API: the durable capture queue, client labels, and MAGs in and out.
+
+Writers: the gateway's capture sink (`enqueue`), `POST /v1/feedback` (`add_label`), the debate worker
+(`claim` ... `finish_item`, `start_debate` ... `finish_debate`). Readers: the CLI and the training loop
+(`usable_since`: fresh MAGs usable for training, with every node and edge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from services.store.db import Database
+from services.store.debates import CaptureRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
+from services.tasks.answers import equivalent
+
+
+@dataclass
+class Node:
+    """An agent output in a MAG (the in-memory twin of NodeRow; `id` is set once stored)."""
+
+    round: int
+    agent: str
+    role: str
+    kind: str  # answer | critique | reflection | review
+    text: str | None
+    status: str  # ok | unparsed | abstained | error
+    answer: str | None = None
+    correct: bool | None = None
+    target_agent: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    score: int | None = None
+    review_mean: float | None = None
+    accepted: bool | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    error: str | None = None
+    id: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Took part with an output that is right or wrong (an abstention or a failed call is neither)."""
+        return self.kind == "answer" and self.status in {"ok", "unparsed"}
+
+
+_NODE_FIELDS = [f.name for f in fields(Node)]
+
+
+@dataclass
+class Edge:
+    src: int
+    dst: int
+    kind: str  # saw | critiques | reflects_on | reviews
+
+
+@dataclass
+class Mag:
+    id: int
+    question: str
+    answer_kind: str
+    gold: str | None
+    gold_source: str
+    status: str
+    outcome: str | None
+    stop_round: int | None
+    rounds: int
+    usable: bool
+    student_correct_first: bool | None
+    student_correct_last: bool | None
+    teacher_tokens: int
+    student_tokens: int
+    cost_usd: float
+    accepted_rationales: int
+    reviewed_rationales: int
+    prompt_version: str
+    agents: list[dict[str, Any]]
+    created_at: datetime
+    finished_at: datetime | None
+    capture_id: int | None = None
+    note: str | None = None
+    source: str | None = None
+    request_id: str | None = None
+    nodes: list[Node] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+    def answers(self, round_: int | None = None) -> list[Node]:
+        return [n for n in self.nodes if n.kind == "answer" and (round_ is None or n.round == round_)]
+
+    def of_kind(self, kind: str, round_: int | None = None) -> list[Node]:
+        return [n for n in self.nodes if n.kind == kind and (round_ is None or n.round == round_)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in {"nodes", "edges"}}
+        d["created_at"] = self.created_at.isoformat() + "Z"
+        d["finished_at"] = self.finished_at.isoformat() + "Z" if self.finished_at else None
+        if self.nodes:
+            d["nodes"] = [n.__dict__ for n in self.nodes]
+            d["edges"] = [e.__dict__ for e in self.edges]
+        return d
+
+
+@dataclass
+class CaptureItem:
+    id: int
+    request_id: str
+    source: str
+    question: str
+    label: str | None
+    label_source: str | None
+    attempts: int
+
+
+class MagStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ---- the capture queue --------------------------------------------------------------------------------
+    def enqueue(self, items: Iterable[dict[str, Any]]) -> int:
+        """Insert queue items (CaptureRow fields); a request id already queued is skipped. Returns rows added."""
+        added = 0
+        with self.db.session() as s:
+            for item in items:
+                if s.scalar(select(CaptureRow.id).where(CaptureRow.request_id == item["request_id"])) is not None:
+                    continue
+                label = s.get(LabelRow, item["request_id"])
+                if label is not None and not item.get("label"):  # feedback that arrived before the request
+                    item = {**item, "label": label.answer, "label_source": "feedback"}
+                s.add(CaptureRow(**item))
+                added += 1
+        return added
+
+    def claim(self, owner: str, n: int, lease_s: float) -> list[CaptureItem]:
+        """Take up to n queued items for `owner` (portable: a conditional update, no row locks needed)."""
+        now = utcnow()
+        with self.db.session() as s:
+            ids = list(s.scalars(select(CaptureRow.id).where(CaptureRow.status == "queued")
+                                 .order_by(CaptureRow.id).limit(n)))
+            if not ids:
+                return []
+            s.execute(update(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.status == "queued").values(
+                status="running", lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+                attempts=CaptureRow.attempts + 1, updated_at=now))
+            rows = s.scalars(select(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.lease_owner == owner,
+                                                      CaptureRow.status == "running"))
+            return [CaptureItem(r.id, r.request_id, r.source, r.question, r.label, r.label_source, r.attempts)
+                    for r in rows]
+
+    def heartbeat(self, owner: str, ids: list[int], lease_s: float) -> None:
+        if not ids:
+            return
+        with self.db.session() as s:
+            s.execute(update(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.lease_owner == owner).values(
+                lease_until=utcnow() + timedelta(seconds=lease_s)))
+
+    def reclaim_expired(self, max_attempts: int) -> tuple[int, int]:
+        """Items whose worker died: their debates are marked interrupted (kept, never used for training) and
+        the items re-queued, or failed once they used up `max_attempts`. Returns (requeued, failed)."""
+        now = utcnow()
+        requeued = failed = 0
+        with self.db.session() as s:
+            stale = list(s.scalars(select(CaptureRow).where(CaptureRow.status == "running",
+                                                            CaptureRow.lease_until < now)))
+            for row in stale:
+                if row.debate_id is not None:
+                    s.execute(update(DebateRow).where(DebateRow.id == row.debate_id, DebateRow.status == "running")
+                              .values(status="interrupted", usable=False, finished_at=now,
+                                      note="the worker stopped mid-debate; the request was re-queued"))
+                row.lease_owner, row.lease_until, row.debate_id, row.updated_at = None, None, None, now
+                if row.attempts >= max_attempts:
+                    row.status, row.error = "failed", f"interrupted {row.attempts} times"
+                    failed += 1
+                else:
+                    row.status = "queued"
+                    requeued += 1
+        return requeued, failed
+
+    def attach_debate(self, item_id: int, debate_id: int) -> None:
+        with self.db.session() as s:
+            s.execute(update(CaptureRow).where(CaptureRow.id == item_id).values(debate_id=debate_id))
+
+    def finish_item(self, item_id: int, *, ok: bool, error: str | None, max_attempts: int) -> str:
+        """Close an item after its debate. A label that arrived meanwhile (and differs) re-queues it."""
+        with self.db.session() as s:
+            row = s.get(CaptureRow, item_id)
+            if row is None:
+                return "missing"
+            row.lease_owner, row.lease_until, row.updated_at, row.error = None, None, utcnow(), error
+            debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
+            if ok and debate is not None and row.label and debate.gold_source not in {"feedback", "dataset"}:
+                if equivalent(debate.gold, row.label):
+                    debate.gold_source = "feedback"
+                else:
+                    debate.status, debate.usable = "superseded", False
+                    debate.note = "a client label arrived during the debate and disagreed with its gold"
+                    row.status, row.debate_id = "queued", None
+                    return "requeued"
+            if ok:
+                row.status = "done"
+            else:
+                row.status = "failed" if row.attempts >= max_attempts else "queued"
+            return row.status
+
+    def add_label(self, key: str, answer: str) -> tuple[str, str | None]:
+        """Record a client's correct answer for a request (by x-request-id or completion id).
+
+        Returns (what happened, request id): `queued` (used by its coming debate), `pending` (its request is
+        not queued (yet): kept for when it is), `confirmed` (the finished debate's gold agrees), `requeued`
+        (it disagreed or the item had failed: the old debate is superseded and the request debated again).
+        """
+        with self.db.session() as s:
+            row = s.scalar(select(CaptureRow).where(
+                (CaptureRow.request_id == key) | (CaptureRow.response_id == key)))
+            if row is None:
+                existing = s.get(LabelRow, key)
+                if existing is None:
+                    s.add(LabelRow(request_id=key, answer=answer))
+                else:
+                    existing.answer = answer
+                return "pending", key
+            row.label, row.label_source, row.updated_at = answer, "feedback", utcnow()
+            if row.status in {"queued", "running"}:
+                return "queued", row.request_id
+            debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
+            if row.status == "done" and debate is not None and equivalent(debate.gold, answer):
+                debate.gold_source = "feedback"
+                return "confirmed", row.request_id
+            if debate is not None:
+                debate.status, debate.usable = "superseded", False
+                debate.note = "a client label disagreed with this debate's gold"
+            row.status, row.debate_id, row.attempts, row.error = "queued", None, 0, None
+            return "requeued", row.request_id
+
+    def queue_counts(self) -> dict[str, int]:
+        with self.db.session() as s:
+            rows = s.execute(select(CaptureRow.status, func.count()).group_by(CaptureRow.status))
+            return {status: n for status, n in rows}
+
+    # ---- MAGs: writing --------------------------------------------------------------------------------------
+    def start_debate(self, **fields_: Any) -> int:
+        with self.db.session() as s:
+            row = DebateRow(**fields_)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def add_nodes(self, debate_id: int, nodes: list[Node]) -> None:
+        with self.db.session() as s:
+            rows = [NodeRow(debate_id=debate_id, **{k: getattr(n, k) for k in _NODE_FIELDS if k != "id"})
+                    for n in nodes]
+            s.add_all(rows)
+            s.flush()
+            for n, r in zip(nodes, rows, strict=True):
+                n.id = r.id
+
+    def add_edges(self, debate_id: int, edges: list[Edge]) -> None:
+        if edges:
+            with self.db.session() as s:
+                s.add_all([EdgeRow(debate_id=debate_id, src=e.src, dst=e.dst, kind=e.kind) for e in edges])
+
+    def update_nodes(self, nodes: list[Node], *names: str) -> None:
+        with self.db.session() as s:
+            for n in nodes:
+                s.execute(update(NodeRow).where(NodeRow.id == n.id).values({k: getattr(n, k) for k in names}))
+
+    def update_debate(self, debate_id: int, **values: Any) -> None:
+        with self.db.session() as s:
+            s.execute(update(DebateRow).where(DebateRow.id == debate_id).values(**values))
+
+    # ---- MAGs: reading --------------------------------------------------------------------------------------
+    def _mag(self, s: Any, row: DebateRow, with_graph: bool) -> Mag:
+        cap = s.get(CaptureRow, row.capture_id) if row.capture_id else None
+        mag = Mag(**{f.name: getattr(row, f.name) for f in fields(Mag)
+                     if f.name not in {"nodes", "edges", "source", "request_id"}},
+                  source=cap.source if cap else None, request_id=cap.request_id if cap else None)
+        if with_graph:
+            nodes = s.scalars(select(NodeRow).where(NodeRow.debate_id == row.id).order_by(NodeRow.id))
+            mag.nodes = [Node(**{k: getattr(r, k) for k in _NODE_FIELDS}) for r in nodes]
+            edges = s.scalars(select(EdgeRow).where(EdgeRow.debate_id == row.id).order_by(EdgeRow.id))
+            mag.edges = [Edge(e.src, e.dst, e.kind) for e in edges]
+        return mag
+
+    def get(self, debate_id: int) -> Mag | None:
+        with self.db.session() as s:
+            row = s.get(DebateRow, debate_id)
+            return self._mag(s, row, True) if row else None
+
+    def list(self, *, limit: int = 50, usable: bool | None = None, status: str | None = None,
+             since: datetime | None = None, with_graph: bool = False, newest_first: bool = True) -> list[Mag]:
+        q = select(DebateRow)
+        if usable is not None:
+            q = q.where(DebateRow.usable == usable)
+        if status is not None:
+            q = q.where(DebateRow.status == status)
+        if since is not None:
+            q = q.where(DebateRow.finished_at > since)
+        q = q.order_by(DebateRow.id.desc() if newest_first else DebateRow.id.asc()).limit(limit)
+        with self.db.session() as s:
+            return [self._mag(s, r, with_graph) for r in s.scalars(q)]
+
+    def usable_since(self, since: datetime | None = None, limit: int = 10_000) -> list[Mag]:
+        """The training loop's query: finished MAGs usable for training, finished after `since`, oldest first."""
+        return self.list(limit=limit, usable=True, status="done", since=since, with_graph=True, newest_first=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals for metrics and the CLI."""
+        with self.db.session() as s:
+            outcomes = dict(s.execute(select(DebateRow.outcome, func.count()).where(DebateRow.status == "done")
+                                      .group_by(DebateRow.outcome)).all())
+            usable = s.scalar(select(func.count()).select_from(DebateRow).where(
+                DebateRow.usable.is_(True), DebateRow.status == "done")) or 0
+            reviewed, accepted = s.execute(select(func.coalesce(func.sum(DebateRow.reviewed_rationales), 0),
+                                                  func.coalesce(func.sum(DebateRow.accepted_rationales), 0))
+                                           .where(DebateRow.status == "done")).one()
+        return {"outcomes": outcomes, "usable": usable, "reviewed": int(reviewed), "accepted": int(accepted),
+                "queue": self.queue_counts()}
