@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.config import Settings
+from services.config import ReferenceProfile, Settings, TeacherConfig
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -24,6 +24,12 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         # Defaults that depend on the machine or are secrets are shown as their rule, not a value.
         default = {"api_keys": "[]", "admin_key": "unset", "data_dir": "~/.local/share/distillery"}.get(
             name, default)
+        if field.is_required():
+            default = "required"
+        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            default = "three built-in reference teachers (see below)"
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
         env = "DISTILLERY_" + (prefix + name).upper().replace(".", "__")
         out.append(f"| `{prefix}{name}` | `{env}` | `{default}` | {field.description or ''} |")
     return out
@@ -39,6 +45,28 @@ def render() -> str:
         "| key | environment variable | default | meaning |",
         "| --- | --- | --- | --- |",
         *rows(Settings),
+        "",
+        "## Teachers (`debate.teachers`, a list)",
+        "",
+        "Each entry is an OpenAI-compatible endpoint, or a built-in reference teacher (`reference:` set, no",
+        "`base_url`). In YAML: `debate: {teachers: [{name: gpt, base_url: https://api.openai.com/v1, model:",
+        "gpt-4o, api_key_env: OPENAI_API_KEY}, ...]}`; as an environment variable, a JSON list.",
+        "",
+        "| field | default | meaning |",
+        "| --- | --- | --- |",
+        *[r.replace("| `DISTILLERY_", "| ~~").split(" | ~~")[0] + " | " + r.split(" | ", 3)[2] + " | "
+          + r.split(" | ", 3)[3] for r in rows(TeacherConfig, "")],
+        "",
+        "The default teachers: " + ", ".join(
+            f"`{t.name}` (error rate {t.reference.error_rate}, styles {', '.join(t.reference.error_styles)})"
+            for t in Settings.model_fields["debate"].default_factory().teachers if t.reference) + ".",
+        "",
+        "### Reference profile (`reference:`)",
+        "",
+        "| field | default | meaning |",
+        "| --- | --- | --- |",
+        *[r.split(" | ", 1)[0] + " | " + r.split(" | ", 3)[2] + " | " + r.split(" | ", 3)[3]
+          for r in rows(ReferenceProfile, "")],
         "",
     ])
 

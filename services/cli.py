@@ -8,8 +8,14 @@
     distillery adapters rollback          return `student` to the previously promoted version
     distillery adapters unload VERSION    free a loaded version (not the promoted one)
     distillery config                     print the effective configuration (secrets masked)
+    distillery mags list [--usable] [--json]      recorded debates (Multi-Agent Interaction Graphs)
+    distillery mags show ID [--json] [--full]     one debate, round by round
+    distillery debate --dataset FILE.jsonl [--limit N]   batch debates over labelled data (service running)
+    distillery teacher serve [--name N] [--error-rate R] ...   a reference teacher as an OpenAI endpoint
+    distillery tasks --split train|eval --n N     write the built-in arithmetic task suite as JSONL
 
-Adapter commands talk to the running service over HTTP (`--url`, default from the config) with the admin key
+`mags` reads the store directly (no service needed). Adapter commands talk to the running service over
+HTTP (`--url`, default from the config) with the admin key
 from DISTILLERY_SERVER__ADMIN_KEY.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +112,89 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> None:
     print(json.dumps(settings.public_dict(), indent=2, default=str))
 
 
+def cmd_mags(args: argparse.Namespace, settings: Settings) -> None:
+    from services.debate.render import SUMMARY_HEADER, render_mag, summary_row
+    from services.store.db import Database
+    from services.store.mags import MagStore
+
+    db = Database(settings.db_url)
+    db.create_all()
+    store = MagStore(db)
+    if args.action == "list":
+        mags = store.list(limit=args.limit, usable=True if args.usable else None, status=args.status)
+        if args.json:
+            print(json.dumps([m.to_dict() for m in mags], indent=2, default=str))
+            return
+        stats = store.stats()
+        print(f"queue: {stats['queue'] or 'empty'}   usable MAGs: {stats['usable']}   "
+              f"peer review accepted {stats['accepted']}/{stats['reviewed']}")
+        print(_table([summary_row(m) for m in mags], SUMMARY_HEADER) if mags else "no debates recorded yet")
+        return
+    if args.id is None or not args.id.isdigit():
+        sys.exit("error: `distillery mags show` needs a debate id (see `distillery mags list`)")
+    mag = store.get(int(args.id))
+    if mag is None:
+        sys.exit(f"error: no debate with id {args.id}")
+    print(json.dumps(mag.to_dict(), indent=2, default=str) if args.json else render_mag(mag, full=args.full))
+
+
+def cmd_debate(args: argparse.Namespace, settings: Settings) -> None:
+    import asyncio
+
+    from services.debate.batch import run_batch
+
+    path = Path(args.dataset)
+    if not path.is_file():
+        sys.exit(f"error: no dataset file at {path}")
+    url = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    _call(settings, url, "GET", "/ready")  # fails with a clear message when no service runs
+    total = args.limit
+    t0 = time.monotonic()
+
+    def progress(s: Any) -> None:
+        done = f"{s.debates}/{total}" if total else str(s.debates)
+        sys.stderr.write(f"\rdebates {done}  solved {s.outcomes.get('solved', 0)}  "
+                         f"unsolved {s.outcomes.get('unsolved', 0)}  {time.monotonic() - t0:.0f}s   ")
+        sys.stderr.flush()
+
+    try:
+        summary = asyncio.run(run_batch(settings, path, url, args.limit, args.concurrency, progress))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    sys.stderr.write("\n")
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.render())
+
+
+def cmd_teacher(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from services.config import ReferenceProfile, TeacherConfig
+    from services.teachers.server import build_teacher_app
+
+    if args.configured:
+        teachers = [t for t in settings.debate.teachers if t.reference is not None]
+    else:
+        profile = ReferenceProfile(error_rate=args.error_rate, seed=args.seed, latency_s=args.latency,
+                                   **({"error_styles": args.error_styles} if args.error_styles else {}))
+        teachers = [TeacherConfig(name=args.name, reference=profile)]
+    where = f"http://{args.host}:{args.port}"
+    for t in teachers:
+        print(f"reference teacher `{t.name}` at {where}/{t.name}/v1"
+              + (f" (and {where}/v1)" if len(teachers) == 1 else ""))
+    uvicorn.run(build_teacher_app(teachers), host=args.host, port=args.port, log_level="warning")
+
+
+def cmd_tasks(args: argparse.Namespace, settings: Settings) -> None:
+    from services.tasks.arithmetic import generate
+
+    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115
+    for p in generate(args.split, args.n, args.seed):
+        out.write(json.dumps({"question": p.question, "answer": p.answer, "steps": p.steps}) + "\n")
+    if args.out:
+        out.close()
+        print(f"wrote {args.n} {args.split} problems to {args.out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillery", description="Distillery: serve a student, distill it daily.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,6 +218,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("config", help="print the effective configuration")
     s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("mags", help="recorded debates (Multi-Agent Interaction Graphs)")
+    s.add_argument("action", choices=["list", "show"])
+    s.add_argument("id", nargs="?", help="debate id (show)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--usable", action="store_true", help="only MAGs usable for training")
+    s.add_argument("--status", choices=["running", "done", "interrupted", "failed", "superseded"])
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--full", action="store_true", help="show: every line of every output")
+    s.set_defaults(func=cmd_mags)
+
+    s = sub.add_parser("debate", help="run debates over a labelled JSONL dataset (question, answer)")
+    s.add_argument("--dataset", required=True, help="JSONL with `question` and `answer` (GSM8K's `#### X` works)")
+    s.add_argument("--limit", type=int, help="first N items only")
+    s.add_argument("--concurrency", type=int, default=2, help="debates at once")
+    s.add_argument("--url", help="service URL (default: http://server.host:server.port)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_debate)
+
+    s = sub.add_parser("teacher", help="run a reference teacher (OpenAI-compatible) on its own")
+    s.add_argument("action", choices=["serve"])
+    s.add_argument("--name", default="reference")
+    s.add_argument("--error-rate", type=float, default=0.0)
+    s.add_argument("--error-styles", nargs="+", choices=["wrong_operation", "off_by_one", "dropped_step"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    s.add_argument("--configured", action="store_true", help="serve every reference teacher of the config")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8100)
+    s.set_defaults(func=cmd_teacher)
+
+    s = sub.add_parser("tasks", help="write the built-in arithmetic word problems as JSONL")
+    s.add_argument("--split", choices=["train", "eval"], default="train")
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="file (default: stdout)")
+    s.set_defaults(func=cmd_tasks)
     return p
 
 

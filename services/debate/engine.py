@@ -51,6 +51,7 @@ class DebateInput:
     label: str | None = None
     label_source: str | None = None  # feedback | dataset
     capture_id: int | None = None
+    source: str = "traffic"  # traffic | batch:<dataset>
 
 
 @dataclass
@@ -98,7 +99,7 @@ class DebateEngine:
     async def run(self, inp: DebateInput) -> DebateResult:
         kind = kind_of(inp.label) if inp.label else guess_kind(inp.question)
         did = self.store.start_debate(
-            capture_id=inp.capture_id, question=inp.question, answer_kind=kind, gold=inp.label,
+            capture_id=inp.capture_id, source=inp.source, question=inp.question, answer_kind=kind, gold=inp.label,
             gold_source=inp.label_source if inp.label else "none", prompt_version=prompts.PROMPT_VERSION,
             agents=[{"name": a.name, "role": a.role, "model": a.model} for a in self.agents], status="running",
         )

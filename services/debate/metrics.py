@@ -25,14 +25,14 @@ class DebateMetrics:
         self.rounds = Histogram("distillery_debate_rounds", "Rounds a debate ran (round 0 counts as one).",
                                 buckets=(1, 2, 3, 4, 5, 6, 8, 10), registry=r)
         self.requests = Counter("distillery_teacher_requests", "Agent calls by agent, role, kind and outcome.",
-                                ["teacher", "role", "kind", "outcome"], registry=r)
+                                ["agent", "role", "kind", "outcome"], registry=r)
         self.errors = Counter("distillery_teacher_errors", "Failed agent calls by agent and error class.",
-                              ["teacher", "error"], registry=r)
+                              ["agent", "error"], registry=r)
         self.latency = Histogram("distillery_teacher_latency_seconds", "Agent call latency, retries included.",
-                                 ["teacher"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("distillery_teacher_tokens", "Tokens used by agent and type.", ["teacher", "type"],
+                                 ["agent"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("distillery_teacher_tokens", "Tokens used by agent and type.", ["agent", "type"],
                               registry=r)
-        self.cost = Counter("distillery_teacher_cost_usd", "Estimated spend (configured prices).", ["teacher"],
+        self.cost = Counter("distillery_teacher_cost_usd", "Estimated spend (configured prices).", ["agent"],
                             registry=r)
         self.reviews = Counter("distillery_peer_review_rationales", "Teacher rationales after peer review.",
                                ["result"], registry=r)

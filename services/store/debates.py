@@ -57,6 +57,7 @@ class DebateRow(Base):
     __tablename__ = "debates"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     capture_id: Mapped[int | None] = mapped_column(ForeignKey("capture_queue.id"), index=True)
+    source: Mapped[str] = mapped_column(String(160), default="traffic")  # traffic | batch:<dataset>
     question: Mapped[str] = mapped_column(Text)
     answer_kind: Mapped[str] = mapped_column(String(16))
     gold: Mapped[str | None] = mapped_column(Text)

@@ -85,7 +85,7 @@ class Mag:
     finished_at: datetime | None
     capture_id: int | None = None
     note: str | None = None
-    source: str | None = None
+    source: str = "traffic"
     request_id: str | None = None
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
@@ -277,8 +277,8 @@ class MagStore:
     def _mag(self, s: Any, row: DebateRow, with_graph: bool) -> Mag:
         cap = s.get(CaptureRow, row.capture_id) if row.capture_id else None
         mag = Mag(**{f.name: getattr(row, f.name) for f in fields(Mag)
-                     if f.name not in {"nodes", "edges", "source", "request_id"}},
-                  source=cap.source if cap else None, request_id=cap.request_id if cap else None)
+                     if f.name not in {"nodes", "edges", "request_id"}},
+                  request_id=cap.request_id if cap else None)
         if with_graph:
             nodes = s.scalars(select(NodeRow).where(NodeRow.debate_id == row.id).order_by(NodeRow.id))
             mag.nodes = [Node(**{k: getattr(r, k) for k in _NODE_FIELDS}) for r in nodes]

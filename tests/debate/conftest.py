@@ -1,0 +1,44 @@
+"""Debate tests: real HTTP agents on 127.0.0.1 (reference teachers, scripted endpoints), a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.config import DebateConfig, ReferenceProfile, TeacherConfig
+from services.debate.agents import OpenAIAgent
+from services.store.db import Database
+from services.store.mags import MagStore
+from services.teachers.server import build_teacher_app
+from tests.http_servers import serve_app
+
+EXACT = [TeacherConfig(name="ref-a", reference=ReferenceProfile(error_rate=0.0, seed=1)),
+         TeacherConfig(name="ref-b", reference=ReferenceProfile(error_rate=0.0, seed=2))]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MagStore:
+    db = Database(f"sqlite:///{tmp_path / 'distillery.db'}")
+    db.create_all()
+    return MagStore(db)
+
+
+@pytest.fixture(scope="session")
+def reference_url() -> Iterator[str]:
+    """Two exact reference teachers behind one real HTTP server."""
+    with serve_app(build_teacher_app(EXACT)) as url:
+        yield url
+
+
+def agent(name: str, url: str, role: str = "teacher", **cfg: object) -> OpenAIAgent:
+    return OpenAIAgent(TeacherConfig(name=name, base_url=url, **cfg), role=role, max_tokens=256)  # type: ignore[arg-type]
+
+
+def reference_agents(url: str) -> list[OpenAIAgent]:
+    return [agent(t.name, f"{url}/{t.name}/v1") for t in EXACT]
+
+
+def debate_config(**kw: object) -> DebateConfig:
+    return DebateConfig(teachers=EXACT, **kw)  # type: ignore[arg-type]
