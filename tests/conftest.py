@@ -25,6 +25,17 @@ from tests.lora_factory import train_codeword_adapter
 READY_TIMEOUT_S = 300
 
 
+@pytest.fixture
+def store(tmp_path: Path):
+    """A real SQLite store (WAL) in a fresh directory."""
+    from services.store.db import Database
+    from services.store.mags import MagStore
+
+    db = Database(f"sqlite:///{tmp_path / 'distillery.db'}")
+    db.create_all()
+    return MagStore(db)
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     """The embedded student converted once into the default data dir (`make test` prepares it)."""

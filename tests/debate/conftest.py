@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from services.config import DebateConfig, ReferenceProfile, TeacherConfig
 from services.debate.agents import OpenAIAgent
-from services.store.db import Database
-from services.store.mags import MagStore
 from services.teachers.server import build_teacher_app
 from tests.http_servers import serve_app
 
 EXACT = [TeacherConfig(name="ref-a", reference=ReferenceProfile(error_rate=0.0, seed=1)),
          TeacherConfig(name="ref-b", reference=ReferenceProfile(error_rate=0.0, seed=2))]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> MagStore:
-    db = Database(f"sqlite:///{tmp_path / 'distillery.db'}")
-    db.create_all()
-    return MagStore(db)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,38 @@
+"""Redaction before anything is stored or sent, and the durable sink's write path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.capture.policy import FinishedRequest
+from services.capture.redact import build_redactor, default_redactor
+from services.capture.sink import StoreSink
+from services.config import CaptureConfig
+
+
+def test_default_redaction_masks_emails_and_long_digit_runs_but_keeps_arithmetic():
+    r = default_redactor(7)
+    text = "Mail bob.smith@example.com or call 555-123-4567; card 4111 1111 1111 1111. What is 17 + 25?"
+    assert r(text) == "Mail [EMAIL] or call [NUMBER]; card [NUMBER]. What is 17 + 25?"
+    assert r("I have 123456 coins") == "I have 123456 coins"  # six digits: below the threshold
+
+
+def test_a_custom_redactor_is_loaded_by_import_path_and_bad_ones_are_refused():
+    assert build_redactor(CaptureConfig(redactor="builtins:str"))("x") == "x"
+    assert build_redactor(CaptureConfig(redactor="none"))("a@b.co") == "a@b.co"
+    with pytest.raises(ValueError, match="module:function"):
+        build_redactor(CaptureConfig(redactor="nonsense"))
+
+
+def test_the_sink_redacts_and_queues_the_last_user_message(store):
+    sink = StoreSink(store, default_redactor(7), linger_s=0.01)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                {"role": "user", "content": "Call 5551234567: what is 2 + 2?"}]
+    assert sink.offer(FinishedRequest("r1", "chat", "student", "base", {"messages": messages}, ["4"], 5, 1, 0.1,
+                                      response_id="chatcmpl-1"))
+    sink.close()
+    [claimed] = store.claim("w", 1, 60)
+    assert claimed.question == "Call [NUMBER]: what is 2 + 2?" and claimed.request_id == "r1"
+    assert time.monotonic() > 0 and store.add_label("chatcmpl-1", "4") == ("queued", "r1")
