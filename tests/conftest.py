@@ -121,9 +121,11 @@ def stop_service(svc: Service) -> None:
 
 @pytest.fixture(scope="session")
 def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The service as `make run` starts it: no auth. Concurrency limit 6 so 429 is testable."""
+    """The service as `make run` starts it: no auth. Concurrency limit 6 so 429 is testable. Capture is off
+    here so the serving tests measure serving alone; tests/e2e/test_debate_service.py runs it with debates."""
     svc = start_service(
-        model_dir, tmp_path_factory.mktemp("svc"), {"DISTILLERY_SERVER__MAX_CONCURRENT_REQUESTS": "6"}
+        model_dir, tmp_path_factory.mktemp("svc"),
+        {"DISTILLERY_SERVER__MAX_CONCURRENT_REQUESTS": "6", "DISTILLERY_CAPTURE__ENABLED": "0"},
     )
     yield svc
     stop_service(svc)
