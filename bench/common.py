@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -50,14 +52,15 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 async def run_load(url: str, *, label: str, concurrency: int, requests: int, model: str = "student",
-                   max_tokens: int = 32, duration_s: float | None = None, headers: dict[str, str] | None = None
-                   ) -> tuple[LoadResult, list[tuple[float, float, int, str]]]:
+                   max_tokens: int = 32, duration_s: float | None = None, headers: dict[str, str] | None = None,
+                   questions: list[str] | None = None) -> tuple[LoadResult, list[tuple[float, float, int, str]]]:
     """`concurrency` clients send chat requests back to back until `requests` are done (or `duration_s`)."""
     lat: list[float] = []
     rows: list[tuple[float, float, int, str]] = []
     failed = 0
     tokens = 0
     counter = iter(range(10**9))
+    pool = questions or QUESTIONS
     t_start = time.monotonic()
 
     async def worker(c: httpx.AsyncClient) -> None:
@@ -69,7 +72,7 @@ async def run_load(url: str, *, label: str, concurrency: int, requests: int, mod
             if duration_s is not None and time.monotonic() - t_start > duration_s:
                 return
             body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
-                    "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}
+                    "messages": [{"role": "user", "content": pool[i % len(pool)]}]}
             t0 = time.monotonic()
             try:
                 r = await c.post(f"{url}/v1/chat/completions", json=body, headers=headers)
@@ -93,6 +96,21 @@ async def run_load(url: str, *, label: str, concurrency: int, requests: int, mod
     return LoadResult(label, concurrency, done, failed, round(elapsed, 2), round((done - failed) / elapsed, 3),
                       round(percentile(lat, 50), 3), round(percentile(lat, 99), 3), tokens,
                       round(tokens / elapsed, 1)), rows
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A server in its own process group, so `stop` reaches everything it started (Ray, the engine)."""
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(3)  # let the OS reclaim the engine's memory and cores before the next server
 
 
 def wait_ready(url: str, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

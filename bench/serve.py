@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,27 +25,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
 
-from bench.common import machine, run_load, table, wait_ready, write_json
+from bench.common import machine, run_load, start, stop, table, wait_ready, write_json
 from services.config import Settings
 from services.student.model_prep import resolve_base_model
 
 MAX_LEN = 2048
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(3)  # let the OS reclaim the engine's memory and cores before the next server
 
 
 async def sweep(url: str, label: str, levels: list[tuple[int, int]], max_tokens: int) -> list:

@@ -182,10 +182,13 @@ class DebateConfig(BaseModel):
     lease_s: float = Field(60.0, gt=0, description="A running item whose worker stopped heartbeating is re-queued.")
     poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for queued items.")
     yield_to_traffic: bool = Field(
-        True, description="Hold the debate's student turns while the student serves live requests."
+        True, description="Run the debate's student turns only while the student is idle, preempted by traffic."
+    )
+    yield_idle_s: float = Field(
+        0.5, ge=0, description="A student turn starts once the student has served no client for this long."
     )
     yield_max_wait_s: float = Field(
-        60.0, ge=0, description="Longest a student turn waits for serving to go idle before it runs anyway."
+        300.0, ge=0, description="Longest a student turn waits (or is preempted) before it runs regardless of traffic."
     )
 
     @model_validator(mode="after")

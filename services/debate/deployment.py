@@ -30,7 +30,7 @@ class DebateDeployment:
         db.create_all()
         self.store = MagStore(db)
         tokenizer = PromptTokenizer(model_path)
-        self.gate = TrafficGate(student, cfg.yield_max_wait_s) if cfg.yield_to_traffic else None
+        self.gate = TrafficGate(student, cfg.yield_max_wait_s, cfg.yield_idle_s) if cfg.yield_to_traffic else None
         agent = ServeStudentAgent(
             student, tokenizer, model=settings.student.served_name, samples=cfg.student_samples,
             temperature=cfg.student_temperature, max_tokens=cfg.max_tokens,
@@ -44,8 +44,7 @@ class DebateDeployment:
 
     def metrics_text(self) -> bytes:
         if self.gate is not None:
-            self.metrics.yield_wait.inc(self.gate.waited_s - getattr(self, "_reported_wait", 0.0))
-            self._reported_wait = self.gate.waited_s
+            self.metrics.sync_gate(self.gate.waited_s, self.gate.preempted)
         return self.metrics.render()
 
     def status(self) -> dict[str, Any]:

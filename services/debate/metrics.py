@@ -44,6 +44,9 @@ class DebateMetrics:
                                 "Accepted / reviewed teacher rationales over all stored debates.", registry=r)
         self.yield_wait = Counter("distillery_debate_yield_wait_seconds",
                                   "Time student turns waited for serving traffic to go idle.", registry=r)
+        self.preempted = Counter("distillery_debate_preemptions", "Student turns aborted for serving traffic.",
+                                 registry=r)
+        self._gate_seen = (0.0, 0)
 
     # ---- the engine's observer ---------------------------------------------------------------------------
     def on_reply(self, agent: Agent, kind: str, reply: Reply) -> None:
@@ -63,6 +66,12 @@ class DebateMetrics:
     def on_finish(self, result: DebateResult) -> None:
         self.debates.labels(result.outcome).inc()
         self.rounds.observe(result.rounds)
+
+    def sync_gate(self, waited_s: float, preempted: int) -> None:
+        """The traffic gate keeps running totals; counters get the increase since the last scrape."""
+        self.yield_wait.inc(max(0.0, waited_s - self._gate_seen[0]))
+        self.preempted.inc(max(0, preempted - self._gate_seen[1]))
+        self._gate_seen = (waited_s, preempted)
 
     # ---- exposition ----------------------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -2,8 +2,9 @@
 
 Going by Ray handle (not through the gateway) keeps debate turns out of the serving metrics and admission
 limit, and marks them `background`, so the engine does not count them as serving load. Before each turn the
-`TrafficGate` waits until no client request is running (up to `yield_max_wait_s`): debates use the student's
-idle time and leave its busy time to traffic.
+`TrafficGate` waits until the student has served no client for `yield_idle_s`; the turn then runs preemptibly
+(the engine aborts it the moment a client request arrives, and it waits again). Past `yield_max_wait_s` a turn
+runs to completion regardless, so debates are delayed under sustained traffic, never starved for ever.
 """
 
 from __future__ import annotations
@@ -20,20 +21,29 @@ from services.tasks.answers import parse_final_answer
 
 
 class TrafficGate:
-    def __init__(self, handle: Any, max_wait_s: float, poll_s: float = 0.2) -> None:
-        self.handle, self.max_wait_s, self.poll_s = handle, max_wait_s, poll_s
-        self.waited_s = 0.0  # total, for metrics
+    """Waits until the student has served no client for `idle_s`; gives up after the caller's deadline."""
 
-    async def wait(self) -> None:
+    def __init__(self, handle: Any, max_wait_s: float, idle_s: float, poll_s: float = 0.25) -> None:
+        self.handle, self.max_wait_s, self.idle_s, self.poll_s = handle, max_wait_s, idle_s, poll_s
+        self.waited_s = 0.0  # totals, for metrics
+        self.preempted = 0
+
+    async def wait(self, budget_s: float) -> bool:
+        """True when the student went idle (the turn may run, preemptibly); False when `budget_s` ran out."""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < self.max_wait_s:
-            try:
-                if await self.handle.serving_load.remote() == 0:
-                    break
-            except Exception:  # the replica is restarting: the turn itself will report the failure
-                break
-            await asyncio.sleep(self.poll_s)
-        self.waited_s += time.monotonic() - t0
+        try:
+            while True:
+                try:
+                    in_flight, idle = await self.handle.serving_load.remote()
+                except Exception:  # the replica is restarting: the turn itself will report the failure
+                    return True
+                if in_flight == 0 and idle >= self.idle_s:
+                    return True
+                if time.monotonic() - t0 >= budget_s:
+                    return False
+                await asyncio.sleep(self.poll_s)
+        finally:
+            self.waited_s += time.monotonic() - t0
 
 
 class ServeStudentAgent:
@@ -65,19 +75,31 @@ class ServeStudentAgent:
         if room < 16:
             return Reply(None, prompt_tokens=len(ids), error="context_length_exceeded")
         n = self.samples if kind == "answer" else 1
-        req = GenerateRequest(
-            f"debate-{uuid.uuid4().hex[:12]}", self.model, [ids], min(self.max_tokens, room),
-            {"temperature": self.temperature, "top_p": 0.9, "n": n}, stream=False, background=True,
-        )
-        if self.gate is not None:
-            await self.gate.wait()
+        sampling = {"temperature": self.temperature, "top_p": 0.9, "n": n}
+        if self.gate is None:
+            return await self._turn(GenerateRequest(f"debate-{uuid.uuid4().hex[:12]}", self.model, [ids],
+                                                    min(self.max_tokens, room), sampling, stream=False,
+                                                    background=True), ids)
+        # Run while the student is idle, preemptibly; once the wait budget is spent, run to completion.
+        deadline = time.monotonic() + self.gate.max_wait_s
+        while True:
+            idle = await self.gate.wait(max(0.0, deadline - time.monotonic()))
+            req = GenerateRequest(f"debate-{uuid.uuid4().hex[:12]}", self.model, [ids], min(self.max_tokens, room),
+                                  sampling, stream=False, background=True, preemptible=idle)
+            reply = await self._turn(req, ids)
+            if not (reply.error or "").startswith("student_503: preempted"):
+                return reply
+            self.gate.preempted += 1
+
+    async def _turn(self, req: GenerateRequest, ids: list[int]) -> Reply:
+        n = req.sampling["n"]
         t0 = time.monotonic()
         texts, tokens, adapter = [""] * n, 0, None
         try:
             async for ev in self._stream.generate.remote(req):
                 if isinstance(ev, Failed):
-                    return Reply(None, len(ids), tokens, time.monotonic() - t0, error=f"student_{ev.status}: "
-                                 f"{ev.message[:200]}")
+                    detail = "preempted" if ev.code == "preempted" else ev.message[:200]
+                    return Reply(None, len(ids), tokens, time.monotonic() - t0, error=f"student_{ev.status}: {detail}")
                 if isinstance(ev, Started):
                     adapter = ev.adapter
                 elif isinstance(ev, Delta):

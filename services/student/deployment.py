@@ -38,9 +38,9 @@ class StudentDeployment:
     async def sync(self) -> LoadResult | Failed:
         return await self.engine.sync()
 
-    def serving_load(self) -> int:
-        """Clients' requests in flight on this replica; the debate worker holds its turns while it is > 0."""
-        return self.engine.serving_in_flight
+    def serving_load(self) -> tuple[int, float]:
+        """(clients' requests in flight, seconds idle): the debate worker holds its turns while serving."""
+        return self.engine.serving_load()
 
     def models(self) -> dict[str, Any]:
         return self.engine.models()

@@ -82,6 +82,7 @@ class StudentEngine:
         self._defaults: dict[str, Any] = {}
         self.max_model_len = settings.student.max_model_len
         self.serving_in_flight = 0  # clients' requests running now (debate turns excluded): the debate yields to it
+        self._serving_idle_since = time.monotonic()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -259,6 +260,8 @@ class StudentEngine:
             yield Started(name)
             async for event in self._stream(req, params, lora):
                 yield event
+        except _Preempted:
+            yield Failed(503, "background turn preempted by serving traffic; retry when idle", None, "preempted")
         except Exception as e:
             if _is_client_error(e):
                 yield Failed(400, str(e), None, "invalid_request")
@@ -268,8 +271,24 @@ class StudentEngine:
         finally:
             if not req.background:
                 self.serving_in_flight -= 1
+                if self.serving_in_flight == 0:
+                    self._serving_idle_since = time.monotonic()
             if lora is not None:
                 await self.slots.release(lora.lora_int_id)
+
+    def serving_load(self) -> tuple[int, float]:
+        """(clients' requests in flight, seconds since the last one ended; 0 while any runs)."""
+        idle = 0.0 if self.serving_in_flight else time.monotonic() - self._serving_idle_since
+        return self.serving_in_flight, idle
+
+    async def _preemptible(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+        # Checked at every token: a client request arriving costs at most one shared step, then the
+        # background request is aborted in vLLM (closing the generator aborts it) and its slot freed.
+        async for d in deltas:
+            if self.serving_in_flight > 0:
+                await deltas.aclose()  # type: ignore[attr-defined]
+                raise _Preempted
+            yield d
 
     async def _stream(self, req: GenerateRequest, params: list[Any], lora: Any) -> AsyncIterator[Delta]:
         from vllm.inputs import TokensPrompt
@@ -286,10 +305,13 @@ class StudentEngine:
                 for o in out.outputs:
                     yield Delta(i * n + o.index, o.text, len(o.token_ids), o.finish_reason)
 
+        deltas = self._merge(req, one)
+        if req.background and req.preemptible:
+            deltas = self._preemptible(deltas)
         if not req.stream:
             # Aggregate here so a non-streaming request crosses Ray once per choice, not once per token.
             merged: dict[int, Delta] = {}
-            async for d in self._merge(req, one):
+            async for d in deltas:
                 m = merged.get(d.index)
                 if m is None:
                     m = merged[d.index] = Delta(d.index, "", 0, None, first_token_wall=time.time())
@@ -299,7 +321,7 @@ class StudentEngine:
             for index in sorted(merged):
                 yield merged[index]
             return
-        async for d in self._merge(req, one):
+        async for d in deltas:
             yield d
 
     async def _merge(self, req: GenerateRequest, one: Callable[[int], AsyncIterator[Delta]]) -> AsyncIterator[Delta]:
@@ -332,6 +354,10 @@ class StudentEngine:
         finally:
             for t in tasks:
                 t.cancel()
+
+
+class _Preempted(Exception):
+    """A preemptible background request met serving traffic."""
 
 
 _SAMPLING_KEYS = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",

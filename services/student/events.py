@@ -15,6 +15,7 @@ class GenerateRequest:
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, n, stop, seed, penalties
     stream: bool = True  # False: the engine sends one Delta per choice at the end (one Ray hop, not one per token)
     background: bool = False  # a debate's turn, not a client's request: not counted as serving load
+    preemptible: bool = False  # background only: aborted (Failed code `preempted`) as soon as a client request runs
 
 
 @dataclass
