@@ -21,6 +21,7 @@ from services.debate.agents import OpenAIAgent, build_teachers
 from services.debate.budget import BlockBudget
 from services.debate.engine import DebateEngine, DebateInput, DebateResult
 from services.store.db import Database
+from services.store.debates import utcnow
 from services.store.mags import MagStore
 from services.student.model_prep import resolve_base_model
 from services.student.tokenizer import PromptTokenizer
@@ -107,11 +108,15 @@ async def run_batch(settings: Settings, dataset: Path, url: str, limit: int | No
         async with sem:
             return await engine.run(DebateInput(question, gold, "dataset", source=f"batch:{dataset.name}"))
 
-    for fut in asyncio.as_completed([one(q, a) for q, a in items]):
-        res = await fut
-        _add(summary, res, store)
-        if progress is not None:
-            progress(summary)
+    started = utcnow()
+    try:
+        for fut in asyncio.as_completed([one(q, a) for q, a in items]):
+            res = await fut
+            _add(summary, res, store)
+            if progress is not None:
+                progress(summary)
+    finally:  # interrupted (Ctrl-C, an error): what was recorded stays, marked so no one trains on it
+        store.interrupt_running(f"batch:{dataset.name}", started, "batch run stopped before this debate ended")
     summary.seconds = time.monotonic() - t0
     return summary
 

@@ -273,6 +273,14 @@ class MagStore:
         with self.db.session() as s:
             s.execute(update(DebateRow).where(DebateRow.id == debate_id).values(**values))
 
+    def interrupt_running(self, source: str, since: datetime, note: str) -> int:
+        """Mark debates of `source` started after `since` and still running as interrupted (batch mode's cleanup)."""
+        with self.db.session() as s:
+            r = s.execute(update(DebateRow).where(DebateRow.source == source, DebateRow.status == "running",
+                                                  DebateRow.created_at >= since)
+                          .values(status="interrupted", usable=False, finished_at=utcnow(), note=note))
+            return r.rowcount or 0
+
     # ---- MAGs: reading --------------------------------------------------------------------------------------
     def _mag(self, s: Any, row: DebateRow, with_graph: bool) -> Mag:
         cap = s.get(CaptureRow, row.capture_id) if row.capture_id else None
