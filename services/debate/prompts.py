@@ -55,15 +55,17 @@ BLOCK = """<agent_answer index="{index}">
 Final answer: {answer}
 {reflection}{feedback}</agent_answer>"""
 
-CRITIQUE = """You answered the question below correctly. Another agent answered it incorrectly.
-
-<question>
+_QUESTION_AND_OWN = """<question>
 {question}
 </question>
 
 <your_answer>
 {own}
-</your_answer>
+</your_answer>"""
+
+CRITIQUE = """You answered the question below correctly. Another agent answered it incorrectly.
+
+""" + _QUESTION_AND_OWN + """
 
 <other_answer>
 {other}
@@ -75,13 +77,7 @@ Begin your reply with "Feedback:"."""
 
 REFLECTION = """You answered the question below incorrectly.
 
-<question>
-{question}
-</question>
-
-<your_answer>
-{own}
-</your_answer>
+""" + _QUESTION_AND_OWN + """
 
 Given the correct final answer {gold}, reflect on your mistake: find where your reasoning went wrong and \
 how to avoid it next time. Be concise. Begin your reply with "Self-reflection:"."""

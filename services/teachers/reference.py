@@ -51,24 +51,13 @@ class ReferenceTeacher:
         return render(sol)
 
     def _critique(self, prompt: str, other: str) -> str:
-        gold = _gold_from(prompt)
-        theirs = parse_final_answer(other).answer
-        sol = solve(prompts.tag(prompt, "question") or "")
-        text = f"Feedback: The final answer {theirs or '(missing)'} is wrong; the correct answer is {gold}."
-        if sol is not None:
-            text += " " + _diagnose(sol, other, "the other agent") + " A correct solution: " + _equations(sol) + "."
-        else:
-            text += " Recheck each step of the reasoning against the question."
-        return text
+        return _explain(prompt, other, "Feedback: The final answer {x} is wrong; the correct answer is {gold}.",
+                        "the other agent", "A correct solution: {eqs}.",
+                        "Recheck each step of the reasoning against the question.")
 
     def _reflect(self, prompt: str, own: str) -> str:
-        gold = _gold_from(prompt)
-        mine = parse_final_answer(own).answer
-        sol = solve(prompts.tag(prompt, "question") or "")
-        text = f"Self-reflection: My final answer {mine or '(missing)'} was wrong; the correct answer is {gold}."
-        if sol is not None:
-            text += " " + _diagnose(sol, own, "I") + " Next time I will recompute every step before answering."
-        return text
+        return _explain(prompt, own, "Self-reflection: My final answer {x} was wrong; the correct answer is {gold}.",
+                        "I", "Next time I will recompute every step before answering.", "")
 
     def _review(self, prompt: str, solution: str) -> str:
         hint = prompts.tag(prompt, "hint")
@@ -144,6 +133,16 @@ def _equations(sol: Solution) -> str:
     if sol.kind == "expression":
         return f"{sol.expression} = {fmt(sol.answer)}"
     return "; ".join(s.equation() for s in sol.steps)
+
+
+def _explain(prompt: str, text: str, opening: str, who: str, closing: str, unsolvable: str) -> str:
+    """A critique or a self-reflection: what the answer was, the gold, and where the reasoning went wrong."""
+    answer = parse_final_answer(text).answer or "(missing)"
+    out = opening.format(x=answer, gold=_gold_from(prompt))
+    sol = solve(prompts.tag(prompt, "question") or "")
+    if sol is None:
+        return f"{out} {unsolvable}".rstrip()
+    return f"{out} {_diagnose(sol, text, who)} {closing.format(eqs=_equations(sol))}"
 
 
 def _gold_from(prompt: str) -> str:
