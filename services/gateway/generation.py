@@ -31,6 +31,7 @@ class Renderer(Protocol):
     """Turns generation results into one endpoint's wire objects."""
 
     endpoint: str
+    id: str  # the response id (chatcmpl-... / cmpl-...), also recorded with a captured request
 
     def opening_chunks(self, n_choices: int) -> list[dict[str, Any]]: ...
     def delta_chunk(self, delta: Delta) -> dict[str, Any]: ...
@@ -143,7 +144,7 @@ class GenerationService:
         n_choices = len(req.prompts) * (req.sampling.get("n") or 1)
         tally = _Tally(n_choices, sum(len(p) for p in req.prompts))
         finish = _Finisher(self, req, renderer.endpoint, first.adapter, tally, started_at, capture_payload, headers,
-                           getattr(renderer, "id", ""))
+                           renderer.id)
         if stream:
             return Served(first.adapter, stream=self._sse(events, renderer, tally, include_usage, finish))
         try:
