@@ -77,7 +77,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     from ray_jobs.tdpo.loss import TreeDPOLoss
-    from ray_jobs.tdpo.packing import Tree, child_logps, pack
+    from ray_jobs.tdpo.packing import child_logps, pack, trees_from_pairs
 
     torch.set_num_threads(os.cpu_count() or 1)
     tok, model = build(args)
@@ -101,16 +101,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
             return loss.item()
         tokens = int(batch["attention_mask"].sum())
     else:
-        by_prompt: dict[tuple[int, ...], Tree] = {}
-        for ex in tokenized:  # the very token ids TRL trains on
-            t = by_prompt.setdefault(tuple(ex["prompt_ids"]), Tree(list(ex["prompt_ids"]), [], []))
-            ids = []
-            for side in ("chosen_ids", "rejected_ids"):
-                if ex[side] not in t.children:
-                    t.children.append(list(ex[side]))
-                ids.append(t.children.index(ex[side]))
-            t.pairs.append((ids[0], ids[1]))
-        packed = pack(list(by_prompt.values()), tok.pad_token_id)
+        trees = trees_from_pairs(tokenized)  # the very token ids TRL trains on
+        packed = pack(trees, tok.pad_token_id)
         loss_fn = TreeDPOLoss(0.1)
 
         def step() -> float:
@@ -120,7 +112,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
                            packed.rejected_idx.to(args.device))
             loss.backward()
             return loss.item()
-        tokens = int(sum(len(t.prompt_ids) + sum(map(len, t.children)) for t in by_prompt.values()))
+        tokens = int(sum(len(t.prompt_ids) + sum(map(len, t.children)) for t in trees))
 
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -10,6 +10,7 @@ Several trees make a batch of rows, right-padded; padding attends nowhere and is
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,22 @@ class PackedBatch:
     @property
     def n_children(self) -> int:
         return len(self.spans)
+
+
+def trees_from_pairs(pairs: Iterable[Mapping[str, Sequence[int]]]) -> list[Tree]:
+    """Group flat tokenized pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`, as TRL's DPO datasets hold them) into
+    trees: one per distinct prompt, each distinct completion one child, each pair two indices into them."""
+    by_prompt: dict[tuple[int, ...], Tree] = {}
+    for ex in pairs:
+        t = by_prompt.setdefault(tuple(ex["prompt_ids"]), Tree(list(ex["prompt_ids"]), [], []))
+        ids = []
+        for side in ("chosen_ids", "rejected_ids"):
+            child = list(ex[side])
+            if child not in t.children:
+                t.children.append(child)
+            ids.append(t.children.index(child))
+        t.pairs.append((ids[0], ids[1]))
+    return list(by_prompt.values())
 
 
 def pack(trees: list[Tree], pad_id: int) -> PackedBatch:

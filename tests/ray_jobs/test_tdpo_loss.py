@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 from ray_jobs.tdpo.loss import TreeDPOLoss, dpo_sigmoid_loss
-from ray_jobs.tdpo.packing import Tree, child_logps, pack
+from ray_jobs.tdpo.packing import child_logps, pack, trees_from_pairs
 
 # Two tree nodes: 2 chosen x 2 rejected, and 1 chosen x 3 rejected outputs (all agents, one round each).
 NODES = {
@@ -59,25 +59,11 @@ def trl_loss_and_data(tok, policy, ref, beta: float, tmp_path):
     return trainer.compute_loss(trainer.model, batch), trainer.train_dataset
 
 
-def trees_from(tokenized) -> list[Tree]:
-    """Group TRL's tokenized pairs by prompt: each distinct output is one child, pairs index them."""
-    by_prompt: dict[tuple[int, ...], Tree] = {}
-    for ex in tokenized:
-        t = by_prompt.setdefault(tuple(ex["prompt_ids"]), Tree(list(ex["prompt_ids"]), [], []))
-        ids = []
-        for side in ("chosen_ids", "rejected_ids"):
-            if ex[side] not in t.children:
-                t.children.append(list(ex[side]))
-            ids.append(t.children.index(ex[side]))
-        t.pairs.append((ids[0], ids[1]))
-    return list(by_prompt.values())
-
-
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_tree_batched_loss_equals_trl_dpo_on_identical_pairs(models, tmp_path, beta):
     tok, policy, ref = models
     expected, tokenized = trl_loss_and_data(tok, policy, ref, beta, tmp_path)
-    trees = trees_from(tokenized)
+    trees = trees_from_pairs(tokenized)
     assert [len(t.children) for t in trees] == [4, 4] and sum(len(t.pairs) for t in trees) == 7
     batch = pack(trees, tok.pad_token_id)
     policy.eval()
