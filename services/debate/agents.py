@@ -123,10 +123,10 @@ class OpenAIAgent:
         return reply
 
     async def _post_with_retries(self, body: dict) -> Reply:
-        error = "unknown"
+        error, retry_after = "unknown", None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
-                await asyncio.sleep(self._backoff(attempt, error))
+                await asyncio.sleep(self._backoff(attempt, error, retry_after))
             try:
                 r = await self._http().post(f"{self.base_url}/chat/completions", json=body, headers=self.headers)
             except httpx.TimeoutException:
@@ -137,18 +137,17 @@ class OpenAIAgent:
                 continue
             if r.status_code == 429 or r.status_code >= 500:
                 error = f"http_{r.status_code}"
-                self._retry_after = r.headers.get("retry-after")
+                retry_after = r.headers.get("retry-after")
                 continue
             if r.status_code >= 400:  # the request itself is wrong: retrying cannot help
                 return Reply(None, error=f"http_{r.status_code}: {r.text[:200]}")
             return self._parse(r)
         return Reply(None, error=error)
 
-    _retry_after: str | None = None
-
-    def _backoff(self, attempt: int, error: str) -> float:
-        if error == "http_429" and self._retry_after and self._retry_after.isdigit():
-            return min(float(self._retry_after), 10.0)
+    @staticmethod
+    def _backoff(attempt: int, error: str, retry_after: str | None) -> float:
+        if error == "http_429" and retry_after and retry_after.isdigit():
+            return min(float(retry_after), 10.0)
         return min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
 
     def _parse(self, r: httpx.Response) -> Reply:

@@ -268,7 +268,7 @@ class _Debate:
             rendered = [blocks[name].replace('index="0"', f'index="{i}"', 1) for i, name in enumerate(order, 1)]
             calls.append((agent, prompts.debate_prompt(self.question, self.kind, rendered), "answer", r, None))
         nodes = await self._phase(calls)
-        seen = [n for n in shown] + [m for ms in feedback.values() for m in ms]
+        seen = [*shown, *(m for ms in feedback.values() for m in ms)]
         self.store.add_edges(self.did, [Edge(s.id, n.id, "saw") for n in nodes for s in seen])  # type: ignore[arg-type]
         return nodes
 

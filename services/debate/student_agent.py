@@ -76,20 +76,18 @@ class ServeStudentAgent:
             return Reply(None, prompt_tokens=len(ids), error="context_length_exceeded")
         n = self.samples if kind == "answer" else 1
         sampling = {"temperature": self.temperature, "top_p": 0.9, "n": n}
-        if self.gate is None:
-            return await self._turn(GenerateRequest(f"debate-{uuid.uuid4().hex[:12]}", self.model, [ids],
-                                                    min(self.max_tokens, room), sampling, stream=False,
-                                                    background=True), ids)
-        # Run while the student is idle, preemptibly; once the wait budget is spent, run to completion.
-        deadline = time.monotonic() + self.gate.max_wait_s
+        # With a gate: run while the student is idle, preemptibly; once the wait budget is spent (or without a
+        # gate), run to completion.
+        deadline = time.monotonic() + (self.gate.max_wait_s if self.gate else 0.0)
         while True:
-            idle = await self.gate.wait(max(0.0, deadline - time.monotonic()))
+            idle = await self.gate.wait(max(0.0, deadline - time.monotonic())) if self.gate else False
             req = GenerateRequest(f"debate-{uuid.uuid4().hex[:12]}", self.model, [ids], min(self.max_tokens, room),
                                   sampling, stream=False, background=True, preemptible=idle)
             reply = await self._turn(req, ids)
             if not (reply.error or "").startswith("student_503: preempted"):
                 return reply
-            self.gate.preempted += 1
+            if self.gate is not None:
+                self.gate.preempted += 1
 
     async def _turn(self, req: GenerateRequest, ids: list[int]) -> Reply:
         n = req.sampling["n"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from services.capture.policy import FinishedRequest
@@ -35,4 +33,4 @@ def test_the_sink_redacts_and_queues_the_last_user_message(store):
     sink.close()
     [claimed] = store.claim("w", 1, 60)
     assert claimed.question == "Call [NUMBER]: what is 2 + 2?" and claimed.request_id == "r1"
-    assert time.monotonic() > 0 and store.add_label("chatcmpl-1", "4") == ("queued", "r1")
+    assert store.add_label("chatcmpl-1", "4") == ("queued", "r1")  # the completion id finds the item

@@ -43,7 +43,8 @@ async def test_a_faulty_teacher_degrades_only_its_own_turns(store, reference_url
     # The debate itself went on: the exact teachers taught the student and it is usable training data.
     assert mag.status == "done" and result.usable
     assert {n.agent: n.correct for n in mag.answers(0)}["ref-a"] is True
-    assert len(calls) >= 1 + cfg.get("max_retries", 0) if fault in {"http_500", "timeout"} else True
+    if fault in {"http_500", "timeout"}:  # retried before giving up
+        assert len(calls) >= 1 + cfg["max_retries"]
 
 
 async def test_a_slow_teacher_is_waited_for_and_recorded_with_its_latency(store, reference_url):
