@@ -44,6 +44,18 @@ def parse_final_answer(text: str | None) -> Parsed:
     return Parsed(ans, "ok")
 
 
+def extract_answer(text: str | None, kind: Kind) -> str | None:
+    """The answer an evaluation grades: `Final answer: X` if present, else (as D&R's evaluation falls back) the
+    last number in the text for a numeric question. An abstention is no answer."""
+    parsed = parse_final_answer(text)
+    if parsed.status != "unparsed" or not text:
+        return parsed.answer
+    if kind == "numeric":
+        found = _NUMBER.findall(text)
+        return found[-1] if found else None
+    return None
+
+
 def to_number(ans: str) -> Fraction | None:
     m = _NUMBER.search(ans.replace(" ", "") if re.fullmatch(r"[\d ,.]+", ans) else ans)
     if m is None:
