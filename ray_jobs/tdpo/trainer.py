@@ -1,0 +1,71 @@
+"""T-DPO stage: continue the cycle's SFT adapter with the DPO loss over tree nodes, one forward per tree.
+
+The reference policy is the SFT adapter as it stands when this stage starts (D&R: a frozen copy of the SFT
+model). Its log-probs are computed once for every child before the first update (D&R precomputes them too), so
+no second copy of the model is held.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ray_jobs.tdpo.loss import TreeDPOLoss
+from ray_jobs.tdpo.packing import Tree, child_logps, pack
+from ray_jobs.train.optim import average_gradients, optimizer, steps_for
+
+
+@torch.no_grad()
+def reference_logps(model: Any, trees: list[Tree], pad_id: int) -> list[torch.Tensor]:
+    model.eval()
+    return [child_logps(model, pack([t], pad_id)).float().cpu() for t in trees]
+
+
+def train_tdpo(model: Any, trees: list[Tree], *, beta: float, lr: float, epochs: float, trees_per_step: int,
+               max_steps: int | None, pad_id: int, seed: int, log: Callable[[dict[str, Any]], None]
+               ) -> dict[str, Any]:
+    steps = steps_for(len(trees), trees_per_step, epochs, max_steps)
+    if steps == 0:
+        return {"tdpo_steps": 0}
+    t0 = time.monotonic()
+    ref = reference_logps(model, trees, pad_id)
+    ref_seconds = time.monotonic() - t0
+    loss_fn = TreeDPOLoss(beta)
+    opt, sched = optimizer(model, lr, steps)
+    rng = random.Random(f"tdpo-{seed}")
+    order: list[int] = []
+    losses, accs = [], []
+    model.train()
+    for step in range(1, steps + 1):
+        if len(order) < trees_per_step:
+            fresh = list(range(len(trees)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[:trees_per_step], order[trees_per_step:]
+        batch = pack([trees[i] for i in idx], pad_id)
+        policy = child_logps(model, batch)
+        ref_b = torch.cat([ref[i] for i in idx]).to(policy.device)
+        loss = loss_fn(policy, ref_b, batch.chosen_idx.to(policy.device), batch.rejected_idx.to(policy.device),
+                       batch.pair_weights.to(policy.device))
+        loss.backward()
+        average_gradients(model)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            margin = (policy - ref_b).detach()
+            acc = (margin[batch.chosen_idx] > margin[batch.rejected_idx]).float().mean().item()
+        losses.append(loss.item())
+        accs.append(acc)
+        log({"phase": "tdpo", "step": step, "steps": steps, "loss": round(losses[-1], 4),
+             "reward_accuracy": round(acc, 3), "pairs": len(batch.chosen_idx),
+             "elapsed_s": round(time.monotonic() - t0, 1)})
+    tail = max(1, min(5, len(losses)))
+    return {"tdpo_steps": steps, "tdpo_loss_first": losses[0], "tdpo_loss_last": sum(losses[-tail:]) / tail,
+            "tdpo_reward_accuracy": sum(accs[-tail:]) / tail, "tdpo_ref_seconds": round(ref_seconds, 1),
+            "tdpo_seconds": round(time.monotonic() - t0, 1)}

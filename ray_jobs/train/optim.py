@@ -1,0 +1,39 @@
+"""AdamW over the trainable (LoRA) parameters with linear warm-up then linear decay, as TRL's trainers default."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def optimizer(model: torch.nn.Module, lr: float, total_steps: int, warmup: float = 0.1
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, math.ceil(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def steps_for(n_items: int, per_step: int, epochs: float, max_steps: int | None) -> int:
+    steps = max(1, math.ceil(n_items * epochs / per_step)) if n_items else 0
+    return min(steps, max_steps) if max_steps else steps
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Data parallelism without DDP wrappers: mean the LoRA gradients over workers (no-op on one worker)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in model.parameters():
+        if p.requires_grad and p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
