@@ -41,7 +41,8 @@ class Database:
     def create_all(self) -> None:
         # Import the table modules so they register on Base.metadata.
         import services.store.adapters
-        import services.store.debates  # noqa: F401
+        import services.store.debates
+        import services.store.jobs  # noqa: F401
 
         Base.metadata.create_all(self.engine)
 

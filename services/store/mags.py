@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from services.store.db import Database
 from services.store.debates import CaptureRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
-from services.tasks.answers import equivalent
+from services.tasks.answers import equivalent, extract_answer, kind_of
 
 
 @dataclass
@@ -315,6 +315,26 @@ class MagStore:
     def usable_since(self, since: datetime | None = None, limit: int = 10_000) -> list[Mag]:
         """The training loop's query: finished MAGs usable for training, finished after `since`, oldest first."""
         return self.list(limit=limit, usable=True, status="done", since=since, with_graph=True, newest_first=False)
+
+    def count_usable_since(self, since: datetime | None) -> int:
+        """Usable finished MAGs that finished after `since` (the scheduler's "fresh MAGs")."""
+        q = select(func.count()).select_from(DebateRow).where(DebateRow.usable.is_(True), DebateRow.status == "done")
+        if since is not None:
+            q = q.where(DebateRow.finished_at > since)
+        with self.db.session() as s:
+            return s.scalar(q) or 0
+
+    def live_accuracy(self, adapter: str, since: datetime | None = None) -> tuple[int, int]:
+        """(labelled, correct) requests served by `adapter`: clients' labels (POST /v1/feedback) against the
+        answer that was served, a live accuracy signal for a freshly promoted version."""
+        q = select(CaptureRow.served_output, CaptureRow.label).where(
+            CaptureRow.served_adapter == adapter, CaptureRow.label_source == "feedback", CaptureRow.label.is_not(None))
+        if since is not None:
+            q = q.where(CaptureRow.created_at >= since)
+        with self.db.session() as s:
+            rows = s.execute(q).all()
+        correct = sum(equivalent(extract_answer(out, kind_of(label)), label) for out, label in rows)
+        return len(rows), correct
 
     def stats(self) -> dict[str, Any]:
         """Totals for metrics and the CLI."""

@@ -1,0 +1,58 @@
+"""The jobs table on a real SQLite file: one running cycle at a time, and dead jobs recorded as failed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from services.store.db import Database
+from services.store.debates import utcnow
+from services.store.jobs import JobRow, JobRunning, JobStore
+
+
+@pytest.fixture
+def jobs(tmp_path) -> JobStore:
+    db = Database(f"sqlite:///{tmp_path / 'd.db'}")
+    db.create_all()
+    return JobStore(db)
+
+
+def test_the_database_allows_one_running_job(jobs: JobStore, tmp_path) -> None:
+    first = jobs.start("api")
+    with pytest.raises(JobRunning) as e:
+        jobs.start("schedule")
+    assert e.value.job_id == first
+    other = JobStore(Database(f"sqlite:///{tmp_path / 'd.db'}"))  # another process's view of the same file
+    with pytest.raises(JobRunning):
+        other.start("cli")
+    jobs.finish(first, status="succeeded", outcome="promoted", reason="better")
+    jobs.finish(first, status="failed", outcome="failed", error="late")  # an ended job keeps its first ending
+    assert jobs.get(first).outcome == "promoted"  # type: ignore[union-attr]
+    second = other.start("cli")
+    assert second == first + 1 and jobs.running().id == second  # type: ignore[union-attr]
+    assert jobs.counts() == {"promoted": 1, "running": 1}
+
+
+def test_reap_fails_dead_silent_and_overdue_jobs(jobs: JobStore) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = jobs.start("api", pid=proc.pid)  # its process is gone
+    assert jobs.reap(stale_s=60) == [dead]
+    assert "exited without recording" in jobs.get(dead).error  # type: ignore[operator, union-attr]
+
+    silent = jobs.start("api")  # this process: alive, but stops heartbeating
+    with jobs.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == silent).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    assert jobs.reap(stale_s=120) == [silent]
+    assert "no heartbeat" in jobs.get(silent).error  # type: ignore[operator, union-attr]
+
+    overdue = jobs.start("api")
+    with jobs.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == overdue).values(started_at=utcnow() - timedelta(hours=4)))
+    assert jobs.reap(stale_s=120) == []  # no limit given
+    assert jobs.reap(stale_s=120, timeout_s=3600) == [overdue]
+    assert jobs.get(overdue).status == "failed"  # type: ignore[union-attr]
