@@ -13,6 +13,10 @@
     distillery debate --dataset FILE.jsonl [--limit N]   batch debates over labelled data (service running)
     distillery teacher serve [--name N] [--error-rate R] ...   a reference teacher as an OpenAI endpoint
     distillery tasks --split train|eval --n N     write the built-in arithmetic task suite as JSONL
+    distillery train --once               run one training cycle now, in the foreground (service running)
+    distillery train --api                ask the running service to start a cycle (POST /admin/train)
+    distillery jobs [ID] [--json]         training cycles: outcome, phase, data, evaluation
+    distillery experiment [--quick]       the papers' ablation on the task suite (results.json, table, chart)
 
 `mags` reads the store directly (no service needed). Adapter commands talk to the running service over
 HTTP (`--url`, default from the config) with the admin key
@@ -195,6 +199,75 @@ def cmd_tasks(args: argparse.Namespace, settings: Settings) -> None:
         print(f"wrote {args.n} {args.split} problems to {args.out}", file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    if args.api:
+        job = _call(settings, args.url, "POST", "/admin/train")
+        print(f"training job {job['id']} started by the service; follow it with `distillery jobs {job['id']}`")
+        return
+    from ray_jobs.cycle import run_job
+    from services.store.db import Database
+    from services.store.jobs import JobRunning, JobStore
+
+    db = Database(settings.db_url)
+    db.create_all()
+    try:
+        job_id = JobStore(db).start("cli")
+    except JobRunning as e:
+        sys.exit(f"error: {e}")
+    try:
+        res = run_job(settings, job_id, url=args.url)
+    except Exception as e:
+        sys.exit(f"error: training job {job_id} failed: {type(e).__name__}: {e}")
+    print(f"job {job_id}: {res.outcome}: {res.reason}")
+
+
+def _job_line(j: dict[str, Any]) -> list[str]:
+    ev = j["metrics"].get("eval", {})
+    acc = " ".join(f"{k}={v['accuracy']:.3f}" for k, v in ev.items())
+    return [str(j["id"]), j["started_at"][:19], j["trigger"], j["status"], j["outcome"] or "-", j["phase"],
+            str(j["data"].get("mags", "-")), str(j["data"].get("tree_pairs", "-")), j["candidate"] or "-", acc]
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
+    from services.store.db import Database
+    from services.store.jobs import JobStore
+
+    db = Database(settings.db_url)
+    db.create_all()
+    store = JobStore(db)
+    if args.id is not None:
+        job = store.get(args.id)
+        if job is None:
+            sys.exit(f"error: no training job {args.id}")
+        print(json.dumps(job.as_dict(), indent=2, default=str))
+        return
+    jobs = [j.as_dict() for j in store.list(args.limit)]
+    if args.json:
+        print(json.dumps(jobs, indent=2, default=str))
+        return
+    print(_table([_job_line(j) for j in jobs], ["ID", "STARTED", "TRIGGER", "STATUS", "OUTCOME", "PHASE", "MAGS",
+                                                 "PAIRS", "CANDIDATE", "EVAL ACCURACY"])
+          if jobs else "no training jobs yet")
+    for j in jobs[:1]:
+        if j["reason"] or j["error"]:
+            print(f"\nlatest ({j['id']}): {j['error'] or j['reason']}")
+
+
+def cmd_experiment(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs.experiment.report import table
+    from ray_jobs.experiment.run import FULL, QUICK, Experiment
+
+    plan = QUICK if args.quick else FULL
+    if args.train_questions:
+        plan.train_questions = args.train_questions
+    if args.eval_questions:
+        plan.eval_questions = args.eval_questions
+    out = Path(args.out)
+    results = Experiment(settings, out, plan, progress=lambda m: print(m, flush=True)).run()
+    print()
+    print(table(results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillery", description="Distillery: serve a student, distill it daily.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -255,6 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="file (default: stdout)")
     s.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("train", help="run a training cycle (trees -> SFT -> T-DPO -> eval -> gate -> promote)")
+    how = s.add_mutually_exclusive_group(required=True)
+    how.add_argument("--once", action="store_true", help="run one cycle here, in the foreground")
+    how.add_argument("--api", action="store_true", help="ask the running service to start one (POST /admin/train)")
+    s.add_argument("--url", help="service URL (default: http://server.host:server.port)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("jobs", help="training cycles and their outcomes")
+    s.add_argument("id", nargs="?", type=int, help="one job, in full")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("experiment", help="the papers' ablation on the task suite with the reference teachers")
+    s.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
+    s.add_argument("--out", default="experiment", help="output folder (results.json, results.md, results.png)")
+    s.add_argument("--train-questions", type=int, help="debated train questions (default: by plan)")
+    s.add_argument("--eval-questions", type=int, help="held-out questions (default: by plan)")
+    s.set_defaults(func=cmd_experiment)
     return p
 
 

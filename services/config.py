@@ -163,6 +163,10 @@ class DebateConfig(BaseModel):
     enabled: bool = Field(True, description="Run the debate worker in the service.")
     teachers: list[TeacherConfig] = Field(default_factory=_embedded_teachers, description="The teacher agents.")
     max_rounds: int = Field(4, ge=1, le=10, description="Rounds 0..max_rounds-1; no critique phase after the last.")
+    reflection: bool = Field(
+        True, description="Critique and self-reflection phases between rounds (false: D&R's ablation without "
+        "self-reflection and teacher feedback; agents only see each other's answers)."
+    )
     max_tokens: int = Field(512, ge=16, description="Completion tokens per agent turn.")
     block_tokens: int = Field(
         470, ge=32, description="Token budget of one agent's block (answer, reflection, feedback) in debate prompts."
@@ -205,6 +209,120 @@ class DebateConfig(BaseModel):
         return self
 
 
+class LoraSettings(BaseModel):
+    """The LoRA adapter a training cycle creates (PEFT). Rank must fit `student.max_lora_rank`."""
+
+    r: int = Field(16, ge=1, description="LoRA rank (D&R: 16).")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (D&R: 32).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Projections that get LoRA weights.",
+    )
+
+
+class SftSettings(BaseModel):
+    """Supervised fine-tuning, the first stage of every cycle (correct teacher outputs + FAIR items)."""
+
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (D&R: 2e-4).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the SFT data (D&R: 2).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
+
+
+class TdpoSettings(BaseModel):
+    """Tree-structured DPO, continuing the cycle's SFT adapter against a frozen copy of it."""
+
+    enabled: bool = Field(True, description="Run T-DPO after SFT (false: SFT-only cycles).")
+    beta: float = Field(0.1, gt=0, description="DPO temperature (D&R keeps TRL's 0.1).")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (D&R: 5e-6 on 7B; a 135M LoRA needs more).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the trees (D&R: 3).")
+    trees_per_step: int = Field(4, ge=1, description="Tree nodes per optimizer step (each with all its pairs).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
+    level_weight: float = Field(
+        1.0, gt=0, description="Pair weight = level_weight ** round: 1.0 weights every level alike (the paper); "
+        ">1 weights later debate rounds up.",
+    )
+    max_pairs_per_node: int = Field(16, ge=1, description="Pairs kept per node (a seeded sample past this).")
+
+
+class GateSettings(BaseModel):
+    """When a candidate replaces the promoted adapter."""
+
+    min_accuracy_gain: float = Field(
+        0.02, ge=0, description="Candidate accuracy must exceed the promoted one's by at least this (absolute)."
+    )
+    max_tokens_increase: float = Field(
+        0.10, ge=0, description="Allowed relative rise of mean total tokens per query over the promoted one."
+    )
+
+
+class EvalSettings(BaseModel):
+    """Held-out evaluation through the serving path (plain user messages, exact match by the answer parser)."""
+
+    dataset: str = Field(
+        "builtin:arithmetic",
+        description="`builtin:arithmetic` (the task suite's eval split, never trained on) or a JSONL file with "
+        "`question` and `answer`.",
+    )
+    n: int = Field(100, ge=1, description="Questions evaluated.")
+    seed: int = Field(0, description="Seed of the built-in eval questions.")
+    max_tokens: int = Field(256, ge=8, description="Completion tokens per question.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy, so versions differ by weights, not luck.")
+    concurrency: int = Field(16, ge=1, description="Questions in flight.")
+
+
+class WatchSettings(BaseModel):
+    """After a promotion: live signals that roll the adapter back by themselves."""
+
+    enabled: bool = Field(True, description="Watch each promotion and roll back on a regression.")
+    window_s: float = Field(1800.0, gt=0, description="How long after a promotion it is watched.")
+    poll_s: float = Field(10.0, gt=0, description="How often the signals are checked.")
+    min_requests: int = Field(20, ge=1, description="Requests on the new version before its error rate counts.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Server-error share that triggers a rollback.")
+    min_labels: int = Field(10, ge=1, description="Labelled requests (POST /v1/feedback) before live accuracy "
+                            "counts.")
+    max_accuracy_drop: float = Field(
+        0.15, ge=0, le=1, description="Live accuracy below the previous version's by more than this rolls back."
+    )
+
+
+class TrainingConfig(BaseModel):
+    """The training loop (ray_jobs): trees -> SFT -> T-DPO -> evaluation gate -> registry -> hot swap."""
+
+    enabled: bool = Field(True, description="Run the periodic trigger inside the service.")
+    every_minutes: float | None = Field(
+        60.0, gt=0, description="Start a cycle this often (if there is data). None: no time trigger."
+    )
+    every_mags: int | None = Field(
+        50, ge=1, description="Start a cycle once this many usable MAGs finished since the last one. None: off."
+    )
+    min_mags: int = Field(8, ge=1, description="A cycle with fewer usable MAGs is skipped.")
+    max_mags: int = Field(2000, ge=1, description="A cycle trains on at most the newest this many usable MAGs.")
+    seed: int = Field(0, description="Seed of dataset order, pair sampling and initialisation.")
+    max_prompt_tokens: int = Field(1024, ge=32, description="Longer tree prompts are dropped (counted).")
+    max_completion_tokens: int = Field(384, ge=16, description="Completions are cut to this (chosen ones dropped).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel).")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="Ray CPUs each worker reserves: with the student's `num_cpus`, Ray accounts for "
+        "the cores so training never oversubscribes the serving engine.",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads per worker (default: its CPU reservation, at least 1)."
+    )
+    use_gpu: bool = Field(False, description="Train on GPU workers (one GPU each).")
+    timeout_minutes: float = Field(180.0, gt=0, description="A cycle running longer is killed and recorded failed.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    sft: SftSettings = Field(default_factory=SftSettings)
+    tdpo: TdpoSettings = Field(default_factory=TdpoSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+
+    def threads(self) -> int:
+        return self.torch_threads or max(1, int(self.cpus_per_worker))
+
+
 class RayConfig(BaseModel):
     address: str | None = Field(None, description="Existing Ray cluster address; unset starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all cores).")
@@ -225,6 +343,7 @@ class Settings(BaseSettings):
     student: StudentConfig = Field(default_factory=StudentConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     debate: DebateConfig = Field(default_factory=DebateConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -236,6 +355,10 @@ class Settings(BaseSettings):
                 "server.admin_key must differ from every client key in server.api_keys: "
                 "a client key would otherwise grant admin rights"
             )
+        if self.training.lora.r > self.student.max_lora_rank:
+            raise ValueError(f"training.lora.r={self.training.lora.r} exceeds student.max_lora_rank="
+                             f"{self.student.max_lora_rank}: the engine could not load the adapters it trains; "
+                             "lower the rank or raise the limit")
         return self
 
     @classmethod
@@ -267,6 +390,11 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Training cycles' working folders (checkpoints, logs); published adapters are copied out of here."""
+        return self.data_dir / "jobs"
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with secrets masked (safe to print or log)."""

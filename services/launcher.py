@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from services.config import Settings
@@ -22,9 +23,15 @@ def teachers_url(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}/teachers"
 
 
+def ray_address_file(settings: Settings) -> Path:
+    """Where a running service leaves its Ray cluster's address (read by `ray_jobs.cycle.connect_ray`)."""
+    return settings.data_dir / "ray-address"
+
+
 def build_application(settings: Settings, model_path: str) -> Any:
     from services.debate.deployment import DebateDeployment
     from services.gateway.deployment import GatewayDeployment
+    from services.scheduler.deployment import SchedulerDeployment
     from services.student.deployment import StudentDeployment
 
     base_id = base_model_id(model_path)
@@ -41,9 +48,11 @@ def build_application(settings: Settings, model_path: str) -> Any:
         debate = DebateDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
             student, settings, model_path, teachers_url(settings)
         )
+    # The scheduler only starts training jobs (which reserve their own CPUs) and watches promotions.
+    scheduler = SchedulerDeployment.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_path, base_id)
     return GatewayDeployment.options(
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
-    ).bind(student, debate, settings, model_path, base_id)
+    ).bind(student, debate, scheduler, settings, model_path, base_id)
 
 
 def build_teachers_application(settings: Settings) -> Any | None:
@@ -100,6 +109,8 @@ def start(settings: Settings, progress: Progress = print) -> str:
             log_to_driver=os.environ.get("DISTILLERY_RAY_LOG_TO_DRIVER", "0") == "1",
             object_store_memory=None if settings.ray.address else 256 * 1024**2,
         )
+        # Training jobs started from the CLI (`distillery train --once`) join this cluster through this file.
+        ray_address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         serve.start(
             http_options={
                 "host": settings.server.host,

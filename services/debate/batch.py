@@ -81,10 +81,12 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def build_engine(settings: Settings, url: str, store: MagStore) -> DebateEngine:
+def build_engine(settings: Settings, url: str, store: MagStore, concurrency: int = 1) -> DebateEngine:
     cfg = settings.debate
+    # Every running debate may have a student turn in flight at once: the engine batches them.
     student_cfg = TeacherConfig(name="student", base_url=f"{url}/v1", model=settings.student.served_name,
-                                temperature=cfg.student_temperature, max_concurrency=cfg.concurrency * 2,
+                                temperature=cfg.student_temperature,
+                                max_concurrency=max(cfg.concurrency, concurrency) * 2,
                                 timeout_s=600)
     student = OpenAIAgent(student_cfg, role="student", max_tokens=cfg.max_tokens, samples=cfg.student_samples,
                           headers={OPT_OUT_HEADER: "1"})
@@ -99,7 +101,7 @@ async def run_batch(settings: Settings, dataset: Path, url: str, limit: int | No
     db = Database(settings.db_url)
     db.create_all()
     store = MagStore(db)
-    engine = build_engine(settings, url, store)
+    engine = build_engine(settings, url, store, concurrency)
     summary = BatchSummary()
     sem = asyncio.Semaphore(concurrency)
     t0 = time.monotonic()

@@ -178,7 +178,7 @@ class _Debate:
                 break
             if r == cfg.max_rounds - 1:
                 break
-            feedback = await self._critique_phase(r, present)
+            feedback = await self._critique_phase(r, present) if cfg.reflection else {}
             nxt = await self._debate_round(r + 1, rounds[r], feedback)
             self._grade(nxt)
             rounds.append(nxt)

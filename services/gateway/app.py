@@ -37,6 +37,7 @@ from services.gateway.serving_adapters import AdapterService
 from services.gateway.serving_chat import ChatServing
 from services.gateway.serving_completions import CompletionServing
 from services.gateway.serving_feedback import FeedbackService
+from services.gateway.serving_jobs import JobsService
 from services.gateway.student_client import StudentClient
 from services.registry import AdapterRegistry
 from services.store.mags import MagStore
@@ -83,11 +84,13 @@ def build_app(
     sink: CaptureSink | None = None,
     metrics: ServingMetrics | None = None,
     store: MagStore | None = None,
-    extra_metrics: Callable[[], Awaitable[bytes]] | None = None,
+    extra_metrics: list[Callable[[], Awaitable[bytes]]] | None = None,
+    jobs: JobsService | None = None,
     echo_request_id: bool = True,
 ) -> FastAPI:
     """`store`: the capture queue, for /v1/feedback. `extra_metrics`: more exposition appended to /metrics (the
-    debate worker's). `echo_request_id=False` behind Ray Serve, whose proxy already returns x-request-id."""
+    debate worker's, the training scheduler's). `jobs`: /admin/train and /admin/jobs. `echo_request_id=False`
+    behind Ray Serve, whose proxy already returns x-request-id."""
     app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None)
     metrics = metrics or ServingMetrics()
     auth = Auth(settings.server)
@@ -97,6 +100,7 @@ def build_app(
     completions = CompletionServing(generation, tokenizer, max_len)
     adapters = AdapterService(registry, student, metrics)
     feedback = FeedbackService(store)
+    jobs = jobs or JobsService(None, None)
     app.state.metrics, app.state.generation = metrics, generation
     limit = settings.server.max_body_bytes
 
@@ -200,6 +204,23 @@ def build_app(
     async def promote(version: str, body: PromoteRequest | None = None) -> Response:
         return _respond(await adapters.promote(version, body.reason if body else None))
 
+    @app.post("/admin/train", dependencies=[admin])
+    async def train() -> Response:
+        result = await jobs.train()
+        return result.response() if isinstance(result, ApiError) else JSONResponse(result, status_code=202)
+
+    @app.get("/admin/jobs", dependencies=[admin])
+    async def list_jobs(limit: int = 20) -> Response:
+        return _respond(await jobs.list(max(1, min(limit, 500))))
+
+    @app.get("/admin/jobs/{job_id}", dependencies=[admin])
+    async def get_job(job_id: int) -> Response:
+        return _respond(await jobs.get(job_id))
+
+    @app.post("/admin/jobs/{job_id}/cancel", dependencies=[admin])
+    async def cancel_job(job_id: int) -> Response:
+        return _respond(await jobs.cancel(job_id))
+
     # ---- operations -------------------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> Response:
@@ -220,9 +241,9 @@ def build_app(
         promoted = await asyncio.to_thread(registry.promoted)
         metrics.set_promoted(promoted.name if promoted else registry.base_model)
         body = metrics.render()
-        if extra_metrics is not None:
+        for extra in extra_metrics or []:
             try:
-                body += await asyncio.wait_for(extra_metrics(), timeout=5)
+                body += await asyncio.wait_for(extra(), timeout=5)
             except Exception as e:  # the debate worker restarting must not break the serving metrics
                 log.warning("extra metrics unavailable: %r", e)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")

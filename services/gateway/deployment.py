@@ -11,23 +11,39 @@ from services.capture.redact import build_redactor
 from services.capture.sink import StoreSink
 from services.config import Settings
 from services.gateway.app import build_app
+from services.gateway.serving_jobs import JobsService
 from services.gateway.student_client import RayStudentClient
 from services.registry import AdapterRegistry
 from services.store.db import Database
+from services.store.jobs import JobStore
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
+
+
+class RaySchedulerClient:
+    """The scheduler deployment behind the gateway's JobsService."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def trigger(self, trigger: str) -> dict[str, Any]:
+        return await self.handle.trigger.remote(trigger)  # type: ignore[no-any-return]
+
+    async def cancel(self, job_id: int) -> bool:
+        return await self.handle.cancel.remote(job_id)  # type: ignore[no-any-return]
 
 
 @serve.deployment(name="Gateway")
 @serve.ingress()
 class GatewayDeployment:
-    def __init__(self, student: Any, debate: Any | None, settings: Settings, model_path: str, base_id: str) -> None:
+    def __init__(self, student: Any, debate: Any | None, scheduler: Any | None, settings: Settings, model_path: str,
+                 base_id: str) -> None:
         logging.basicConfig(level=settings.log_level)
         registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
         store = sink = None
+        db = Database(settings.db_url)
+        db.create_all()
         if settings.capture.enabled:
-            db = Database(settings.db_url)
-            db.create_all()
             store = MagStore(db)
             sink = self._sink = StoreSink(store, build_redactor(settings.capture))
         self._app = build_app(
@@ -37,7 +53,8 @@ class GatewayDeployment:
             registry=registry,
             sink=sink,
             store=store,
-            extra_metrics=(lambda: debate.metrics_text.remote()) if debate is not None else None,
+            extra_metrics=[h.metrics_text.remote for h in (debate, scheduler) if h is not None],
+            jobs=JobsService(JobStore(db), RaySchedulerClient(scheduler)) if scheduler is not None else None,
             echo_request_id=False,  # Ray Serve's proxy sets x-request-id (the client's, or a new uuid)
         )
 

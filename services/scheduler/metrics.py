@@ -1,0 +1,67 @@
+"""Prometheus metrics of the training loop (`distillery_training_*`, `distillery_eval_*`, promotions), read from
+the store at scrape time: right after a restart, and the same whichever process answers the scrape."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from services.registry import AdapterRegistry
+from services.store.jobs import JobStore
+
+OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
+
+
+class TrainingMetrics:
+    def __init__(self, jobs: JobStore, registry: AdapterRegistry) -> None:
+        self.jobs, self.adapters = jobs, registry
+        r = self.registry = CollectorRegistry()
+        self.runs = Gauge("distillery_training_runs", "Training cycles ever finished, by outcome.", ["outcome"],
+                          registry=r)
+        self.running = Gauge("distillery_training_running", "1 while a training cycle runs.", registry=r)
+        self.last_success = Gauge("distillery_training_last_success_timestamp_seconds",
+                                  "When the last cycle that ended without error finished (Unix time).", registry=r)
+        self.data = Gauge("distillery_training_data", "Data of the last cycle that trained: MAGs, tree nodes, "
+                          "pairs, SFT examples.", ["kind"], registry=r)
+        self.loss = Gauge("distillery_training_loss", "Final train loss of the last cycle, by stage.", ["stage"],
+                          registry=r)
+        self.accuracy = Gauge("distillery_eval_accuracy", "Held-out accuracy by adapter version.", ["version"],
+                              registry=r)
+        self.tokens = Gauge("distillery_eval_tokens_per_query", "Mean tokens per evaluation query by adapter "
+                            "version.", ["version", "type"], registry=r)
+        self.events = Gauge("distillery_adapter_promotions", "Promotion log entries: promotions, rollbacks and "
+                            "automatic rollbacks.", ["kind"], registry=r)
+
+    def collect(self) -> None:
+        counts = self.jobs.counts()
+        for outcome in OUTCOMES:
+            self.runs.labels(outcome).set(counts.get(outcome, 0))
+        self.running.set(1 if self.jobs.running() else 0)
+        last_ok = self.jobs.last(status="succeeded")
+        if last_ok is not None and last_ok.finished_at is not None:
+            self.last_success.set(last_ok.finished_at.replace(tzinfo=UTC).timestamp())  # stored naive UTC
+        trained = next((j for j in self.jobs.list(50) if j.metrics.get("train")), None)
+        if trained is not None:
+            d, m = trained.data, trained.metrics["train"]
+            for kind, key in (("mags", "mags"), ("trees", "tree_nodes"), ("pairs", "tree_pairs"),
+                              ("sft_examples", "sft_examples")):
+                self.data.labels(kind).set(d.get(key, 0))
+            for stage in ("sft", "tdpo"):
+                if f"{stage}_loss_last" in m:
+                    self.loss.labels(stage).set(m[f"{stage}_loss_last"])
+        for v in self.adapters.list():
+            ev = v.metrics.get("eval")
+            if ev:
+                self.accuracy.labels(v.name).set(ev["accuracy"])
+                self.tokens.labels(v.name, "total").set(ev["mean_total_tokens"])
+                self.tokens.labels(v.name, "completion").set(ev["mean_completion_tokens"])
+        history = self.adapters.history()
+        self.events.labels("promote").set(sum(h["kind"] == "promote" for h in history))
+        self.events.labels("rollback").set(sum(h["kind"] == "rollback" for h in history))
+        self.events.labels("auto_rollback").set(
+            sum(h["kind"] == "rollback" and (h["reason"] or "").startswith("auto-rollback") for h in history))
+
+    def render(self) -> bytes:
+        self.collect()
+        return generate_latest(self.registry)

@@ -1,0 +1,114 @@
+"""When to train, and the training job's process: the periodic trigger inside the running service.
+
+A cycle is due every `training.every_minutes` or once `training.every_mags` usable MAGs finished since the last
+cycle started (either trigger needs at least one fresh MAG, so an idle service does not retrain on old data).
+Each cycle runs as a child process (`python -m ray_jobs.cycle`) joined to the service's Ray cluster: it can crash
+or be killed without touching serving, and it is recorded as failed when it does. The jobs table, not this
+object, guarantees that only one runs (a second trigger gets JobRunning).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from services.config import Settings
+from services.store.debates import utcnow
+from services.store.jobs import Job, JobStore
+from services.store.mags import MagStore
+
+log = logging.getLogger(__name__)
+STALE_S = 120.0  # a job process heartbeats every 10 s
+
+
+def launch_cycle(job_id: int, url: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "ray_jobs.cycle", "--job-id", str(job_id), "--url", url],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+class TrainingScheduler:
+    def __init__(self, settings: Settings, jobs: JobStore, mags: MagStore, *, url: str,
+                 ray_address: str | None = None,
+                 launcher: Callable[[int, str, Path, dict[str, str]], subprocess.Popen[bytes]] = launch_cycle) -> None:
+        self.settings, self.cfg = settings, settings.training
+        self.jobs, self.mags, self.url = jobs, mags, url
+        self.ray_address = ray_address
+        self.launcher = launcher
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def log_path(self, job_id: int) -> Path:
+        return self.settings.jobs_dir / f"job-{job_id}" / "job.log"
+
+    def due(self) -> str | None:
+        """Why a cycle should start now, or None."""
+        if self.jobs.running() is not None:
+            return None
+        last = self.jobs.last()
+        fresh = self.mags.count_usable_since(last.started_at if last else None)
+        if fresh == 0:
+            return None
+        if self.cfg.every_mags is not None and fresh >= self.cfg.every_mags:
+            return f"{fresh} fresh usable MAGs (every_mags={self.cfg.every_mags})"
+        if self.cfg.every_minutes is not None and (
+                last is None or utcnow() - last.started_at >= timedelta(minutes=self.cfg.every_minutes)):
+            return f"{self.cfg.every_minutes:g} minutes since the last cycle, {fresh} fresh usable MAGs"
+        return None
+
+    def trigger(self, trigger: str) -> Job:
+        """Start a cycle now (JobRunning if one runs)."""
+        job_id = self.jobs.start(trigger)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address
+        try:
+            proc = self.launcher(job_id, self.url, self.log_path(job_id), env)
+        except Exception as e:
+            self.jobs.finish(job_id, status="failed", outcome="failed", error=f"could not start: {e!r}")
+            raise
+        self.procs[job_id] = proc
+        self.jobs.set(job_id, pid=proc.pid)
+        log.info("training job %d started (%s), pid %d, log %s", job_id, trigger, proc.pid, self.log_path(job_id))
+        job = self.jobs.get(job_id)
+        assert job is not None
+        return job
+
+    def cancel(self, job_id: int) -> bool:
+        proc = self.procs.get(job_id)
+        if proc is None or proc.poll() is not None:
+            return False
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.jobs.finish(job_id, status="failed", outcome="failed", error="cancelled by an operator")
+        return True
+
+    def poll(self) -> None:
+        """Record the end of child processes, fail dead or overdue jobs, and start a due cycle."""
+        for job_id, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[job_id]
+            # A cycle records its own outcome; if the row is still open, the process died without doing so.
+            self.jobs.finish(job_id, status="failed", outcome="failed",
+                             error=f"job process exited with {_describe(code)}; log: {self.log_path(job_id)}")
+        for job_id in self.jobs.reap(STALE_S, self.cfg.timeout_minutes * 60):
+            proc = self.procs.pop(job_id, None)
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.error("training job %d recorded as failed (dead or overdue)", job_id)
+        if self.cfg.enabled and (reason := self.due()) is not None:
+            log.info("training cycle due: %s", reason)
+            self.trigger("schedule")
+
+
+def _describe(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"

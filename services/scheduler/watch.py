@@ -1,0 +1,95 @@
+"""After a promotion, watch live signals and roll back by ourselves on a regression.
+
+Two signals, for `watch.window_s` after each promotion:
+  errors    the share of server errors (5xx) among requests to `student` served by the new version, read from
+            the gateway's own Prometheus counters (what an SRE's alert reads), counted from the promotion on;
+  feedback  live accuracy: clients' labels (POST /v1/feedback) against the answers the new version served,
+            compared with the previous version's live accuracy.
+A rollback goes through the admin API like an operator's (load the previous version first, then swap).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.config import WatchSettings
+from services.registry import AdapterRegistry
+from services.store.debates import utcnow
+from services.store.mags import MagStore
+
+log = logging.getLogger(__name__)
+
+
+def request_counts(metrics_text: str, model: str, adapter: str) -> tuple[float, float]:
+    """(requests, server errors) for `model` served by `adapter`, from the gateway's exposition."""
+    total = errors = 0.0
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name != "distillery_requests":
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_total") and s.labels.get("model") == model and s.labels.get("adapter") == adapter:
+                total += s.value
+                errors += s.value if s.labels.get("status", "").startswith("5") else 0.0
+    return total, errors
+
+
+class RolloutWatch:
+    def __init__(self, cfg: WatchSettings, registry: AdapterRegistry, store: MagStore | None,
+                 metrics_text: Callable[[], str], rollback: Callable[[str], object]) -> None:
+        self.cfg, self.registry, self.store = cfg, registry, store
+        self.metrics_text, self.rollback = metrics_text, rollback
+        self._watching: tuple[str, datetime] | None = None
+        self._baseline = (0.0, 0.0)
+        self.rollbacks = 0
+
+    def check(self) -> str | None:
+        """One look at the signals; rolls back and returns the reason on a regression."""
+        promoted = self.registry.promoted()
+        history = self.registry.history()
+        if promoted is None or not history or history[-1]["kind"] != "promote" \
+                or history[-1]["version"] != promoted.name:
+            self._watching = None
+            return None
+        at = datetime.fromisoformat(history[-1]["at"]).replace(tzinfo=None)
+        if utcnow() - at > timedelta(seconds=self.cfg.window_s):
+            return None
+        name = self.registry.served_name
+        counts = request_counts(self.metrics_text(), name, promoted.name)
+        if self._watching != (promoted.name, at):
+            # First look at this promotion: requests counted before now belong to no watch window (e.g. a
+            # restart of this watcher); start from here.
+            self._watching, self._baseline = (promoted.name, at), counts
+            return None
+        total, errors = counts[0] - self._baseline[0], counts[1] - self._baseline[1]
+        reason = None
+        if total >= self.cfg.min_requests and errors / total > self.cfg.max_error_rate:
+            reason = (f"error rate {errors / total:.1%} of {total:.0f} requests on {promoted.name} exceeds "
+                      f"{self.cfg.max_error_rate:.1%}")
+        elif self.store is not None:
+            reason = self._feedback(promoted.name, at)
+        if reason is not None:
+            log.error("auto-rollback of %s: %s", promoted.name, reason)
+            self.rollback(f"auto-rollback: {reason}")
+            self.rollbacks += 1
+            self._watching = None
+        return reason
+
+    def _feedback(self, version: str, since: datetime) -> str | None:
+        assert self.store is not None
+        n, correct = self.store.live_accuracy(version, since)
+        if n < self.cfg.min_labels:
+            return None
+        previous = self.registry.rollback_target()
+        prev_name = previous.name if previous else self.registry.base_model
+        pn, pc = self.store.live_accuracy(prev_name)
+        if pn < self.cfg.min_labels:
+            return None
+        acc, prev = correct / n, pc / pn
+        if acc < prev - self.cfg.max_accuracy_drop:
+            return (f"live accuracy {acc:.1%} on {n} labelled requests, {prev:.1%} for {prev_name} before it "
+                    f"(allowed drop {self.cfg.max_accuracy_drop:.0%})")
+        return None

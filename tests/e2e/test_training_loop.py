@@ -1,0 +1,163 @@
+"""The loop's second half on the real model: seeded MAGs -> trees -> SFT -> T-DPO (Ray Train) -> evaluation
+through the service -> gate -> promotion (hot swap); a worse candidate refused; a killed job changing nothing.
+
+One service, its scheduler's periodic trigger off (cycles start by POST /admin/train and `distillery train
+--once`), small training and evaluation sizes so CI stays quick: the numbers are the machinery's, not the
+method's (`distillery experiment` measures the method).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from services.store.db import Database
+from services.store.mags import MagStore
+from tests.conftest import Service, start_service, stop_service
+from tests.http_servers import wait_for
+from tests.ray_jobs.mags import debate_mags, poisoned_mags
+
+pytestmark = pytest.mark.e2e
+
+TRAIN_ENV = {
+    "DISTILLERY_CAPTURE__ENABLED": "false",
+    "DISTILLERY_TRAINING__ENABLED": "false",
+    "DISTILLERY_TRAINING__MIN_MAGS": "4",
+    "DISTILLERY_TRAINING__MAX_PROMPT_TOKENS": "512",
+    "DISTILLERY_TRAINING__MAX_COMPLETION_TOKENS": "160",
+    "DISTILLERY_TRAINING__SFT__LR": "1e-3",
+    "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
+    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "10",
+    "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",
+    "DISTILLERY_TRAINING__TDPO__MAX_STEPS": "2",
+    "DISTILLERY_TRAINING__EVAL__N": "24",
+    "DISTILLERY_TRAINING__EVAL__MAX_TOKENS": "96",
+    "DISTILLERY_TRAINING__GATE__MIN_ACCURACY_GAIN": "0.1",
+    "DISTILLERY_TRAINING__GATE__MAX_TOKENS_INCREASE": "0.5",
+}
+JOB_TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="module")
+def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("training")
+    db = Database(f"sqlite:///{data_dir / 'distillery.db'}")
+    db.create_all()
+    seeded = debate_mags(MagStore(db), 16)
+    svc = start_service(model_dir, data_dir, TRAIN_ENV)
+    svc.seeded = seeded  # type: ignore[attr-defined]
+    try:
+        yield svc
+    finally:
+        stop_service(svc)
+
+
+def job(svc: Service, job_id: int) -> dict[str, Any]:
+    r = httpx.get(f"{svc.url}/admin/jobs/{job_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_job(svc: Service, job_id: int, timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+    wait_for(lambda: job(svc, job_id)["status"] != "running", timeout=timeout, every=3,
+             what=f"training job {job_id} to end")
+    return job(svc, job_id)
+
+
+def served_adapter(svc: Service) -> str:
+    client = openai.OpenAI(base_url=f"{svc.url}/v1", api_key="none")
+    raw = client.chat.completions.with_raw_response.create(
+        model="student", messages=[{"role": "user", "content": "Mia has 5 apples. She buys 3 more apples. "
+                                    "How many apples does Mia have now?"}], max_tokens=16, temperature=0)
+    assert raw.parse().choices[0].message.content is not None
+    return raw.headers["x-distillery-adapter"]
+
+
+def adapters(svc: Service) -> dict[str, Any]:
+    return httpx.get(f"{svc.url}/admin/adapters", timeout=30).json()
+
+
+def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
+    base = served_adapter(service)
+    r = httpx.post(f"{service.url}/admin/train", timeout=60)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    second = httpx.post(f"{service.url}/admin/train", timeout=60)  # never two runs at once
+    assert second.status_code == 409 and second.json()["error"]["code"] == "job_running"
+
+    done = wait_job(service, job_id)
+    assert done["status"] == "succeeded", (done["error"], done["reason"])
+    assert done["outcome"] == "promoted", done["reason"]
+    assert done["candidate"] == "student@v1" and done["incumbent"] == base
+    assert done["data"]["mags"] == len(service.seeded) and done["data"]["tree_pairs"] > 0  # type: ignore[attr-defined]
+    train = done["metrics"]["train"]
+    assert train["sft_steps"] == 10 and train["tdpo_steps"] == 2 and train["stage"] == "tdpo"
+    ev = done["metrics"]["eval"]
+    assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.1
+
+    assert served_adapter(service) == "student@v1"  # the hot swap happened
+    v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
+    assert v1["status"] == "promoted"
+    assert sorted(v1["lineage"]["mags"]) == sorted(service.seeded)  # type: ignore[attr-defined]
+    assert len(v1["lineage"]["trees"]) == done["data"]["trees"] and v1["metrics"]["eval"]["n"] == 24
+
+    metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
+    assert 'distillery_training_runs{outcome="promoted"} 1.0' in metrics
+    assert f'distillery_eval_accuracy{{version="student@v1"}} {ev["student@v1"]["accuracy"]}' in metrics
+
+
+def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, model_dir: str) -> None:
+    db = Database(f"sqlite:///{service.data_dir / 'distillery.db'}")
+    poisoned = poisoned_mags(MagStore(db), 12)
+    port = service.url.rsplit(":", 1)[1]
+    env = {**os.environ, "DISTILLERY_DATA_DIR": str(service.data_dir), "DISTILLERY_STUDENT__MODEL": model_dir,
+           "DISTILLERY_SERVER__PORT": port, **TRAIN_ENV,
+           "DISTILLERY_TRAINING__MAX_MAGS": str(len(poisoned))}  # the newest MAGs: the poisoned ones
+    out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once"], env=env, capture_output=True,
+                         text=True, timeout=JOB_TIMEOUT_S)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "not_promoted" in out.stdout
+
+    last = httpx.get(f"{service.url}/admin/jobs", timeout=30).json()["data"][0]
+    assert last["trigger"] == "cli" and last["outcome"] == "not_promoted" and last["candidate"] == "student@v2"
+    ev = last["metrics"]["eval"]
+    assert ev["student@v2"]["accuracy"] < ev["student@v1"]["accuracy"]
+    assert "below the required" in last["reason"]
+    v2 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v2")
+    assert v2["status"] == "registered" and v2["note"].startswith("not promoted")
+    assert sorted(v2["lineage"]["mags"]) == sorted(poisoned)
+    assert served_adapter(service) == "student@v1"
+
+
+def test_a_killed_job_changes_nothing_served(service: Service) -> None:
+    before = adapters(service)
+    r = httpx.post(f"{service.url}/admin/train", timeout=60)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_for(lambda: job(service, job_id)["phase"] == "training", timeout=300, every=1,
+             what="the job to reach training")
+    time.sleep(5)  # mid-run: Ray Train is loading the model or stepping
+    pid = job(service, job_id)["pid"]
+    os.killpg(pid, signal.SIGKILL)  # the job process and everything in its group
+
+    failed = wait_job(service, job_id, timeout=120)
+    assert failed["status"] == "failed" and failed["outcome"] == "failed"
+    assert "SIGKILL" in failed["error"] or "died" in failed["error"] or "exited" in failed["error"]
+    after = adapters(service)
+    assert [a["version"] for a in after["adapters"]] == [a["version"] for a in before["adapters"]]
+    assert after["promoted"] == before["promoted"] == "student@v1"
+    assert served_adapter(service) == "student@v1"
+    # and the service trains again afterwards: the failed run released the one-job lock
+    again = httpx.post(f"{service.url}/admin/train", timeout=60)
+    assert again.status_code == 202, again.text
+    httpx.post(f"{service.url}/admin/jobs/{again.json()['id']}/cancel", timeout=60).raise_for_status()
+    assert job(service, again.json()["id"])["error"] == "cancelled by an operator"

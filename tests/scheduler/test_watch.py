@@ -1,0 +1,87 @@
+"""Automatic rollback after a promotion: error-rate and live-accuracy signals, real registry and store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.config import WatchSettings
+from services.gateway.metrics import ServingMetrics
+from services.registry import AdapterRegistry
+from services.scheduler.watch import RolloutWatch, request_counts
+from services.store.db import Database
+from services.store.mags import MagStore
+
+
+@pytest.fixture
+def parts(tmp_path, model_dir, codeword_adapters):
+    db = Database(f"sqlite:///{tmp_path / 'd.db'}")
+    db.create_all()
+    reg = AdapterRegistry(db, tmp_path / "adapters", served_name="student", base_model="base",
+                          base_model_dir=Path(model_dir), max_rank=16)
+    v1 = reg.publish(codeword_adapters["ALPHA-7"])
+    v2 = reg.publish(codeword_adapters["BRAVO-3"])
+    reg.promote(v1.name)
+    reg.promote(v2.name)
+    return reg, MagStore(db), ServingMetrics()
+
+
+def count(metrics: ServingMetrics, adapter: str, status: int, n: int, model: str = "student") -> None:
+    for _ in range(n):
+        metrics.requests.labels("chat", model, adapter, str(status)).inc()
+
+
+def test_request_counts_reads_the_gateway_exposition() -> None:
+    m = ServingMetrics()
+    count(m, "student@v2", 200, 7)
+    count(m, "student@v2", 500, 2)
+    count(m, "student@v2", 200, 5, model="student@v2")  # asked by version name (e.g. evaluation): not traffic
+    count(m, "student@v1", 500, 4)
+    assert request_counts(m.render().decode(), "student", "student@v2") == (9.0, 2.0)
+
+
+def test_error_rate_after_promotion_rolls_back(parts) -> None:
+    reg, store, metrics = parts
+    rollbacks: list[str] = []
+
+    def rollback(reason: str) -> None:
+        rollbacks.append(reason)
+        reg.rollback(reason)
+
+    cfg = WatchSettings(min_requests=10, max_error_rate=0.2)
+    watch = RolloutWatch(cfg, reg, store, lambda: metrics.render().decode(), rollback)
+    count(metrics, "student@v2", 500, 50)  # before the watch first looked: not counted against v2
+    assert watch.check() is None
+    count(metrics, "student@v2", 200, 9)
+    count(metrics, "student@v2", 500, 1)
+    assert watch.check() is None and not rollbacks  # 10% errors: healthy
+    count(metrics, "student@v2", 500, 5)
+    reason = watch.check()
+    assert reason is not None and "error rate 40.0% of 15 requests" in reason
+    assert rollbacks == [f"auto-rollback: {reason}"]
+    assert reg.promoted().name == "student@v1"  # type: ignore[union-attr]
+    assert watch.check() is None  # a rollback is not a promotion to watch
+
+
+def test_live_accuracy_drop_rolls_back(parts) -> None:
+    reg, store, metrics = parts
+    def served(adapter: str, i: int, answer: str, label: str) -> None:
+        store.enqueue([{"request_id": f"{adapter}-{i}", "question": "q", "served_output": f"Final answer: {answer}",
+                        "served_adapter": adapter}])
+        store.add_label(f"{adapter}-{i}", label)
+
+    for i in range(10):
+        served("student@v1", i, "5", "5" if i < 8 else "6")  # v1: 80% live accuracy
+    rollbacks: list[str] = []
+    watch = RolloutWatch(WatchSettings(min_labels=10, max_accuracy_drop=0.15), reg, store,
+                         lambda: metrics.render().decode(), rollbacks.append)
+    watch.check()
+    for i in range(10):
+        served("student@v2", i, "5", "5" if i < 7 else "6")  # 70%: within the allowed drop
+    assert watch.check() is None
+    for i in range(10, 20):
+        served("student@v2", i, "5", "6")  # now 35%
+    reason = watch.check()
+    assert reason is not None and "live accuracy 35.0% on 20 labelled requests, 80.0% for student@v1" in reason
+    assert len(rollbacks) == 1
