@@ -32,6 +32,11 @@ def test_bad_values_are_rejected_with_a_reason(monkeypatch, tmp_path):
         Settings(server={"api_keys": ["k1"], "admin_key": "k1"})
     with pytest.raises(ValidationError):
         Settings(unknown_field=1)
+    with pytest.raises(ValidationError, match=r"exceeds student\.max_lora_rank=16"):
+        Settings(training={"lora": {"r": 32}})
+    assert Settings(training={"lora": {"r": 32}}, student={"max_lora_rank": 32}).training.lora.r == 32
+    with pytest.raises(ValidationError):
+        Settings(training={"tdpo": {"beta": 0}})
     monkeypatch.setenv("DISTILLERY_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError):
         Settings()

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ray_jobs.train.optim import average_gradients, optimizer, steps_for
+from ray_jobs.train.optim import optimizer, steps_for
+from ray_jobs.train.optim import step as optim_step
 from ray_jobs.trees.encode import SftExample
 
 
@@ -56,12 +57,7 @@ def train_sft(model: Any, examples: list[SftExample], *, lr: float, epochs: floa
     for step, batch in enumerate(batches(examples, batch_size, steps, seed), 1):
         inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
         loss = model(**inputs).loss
-        loss.backward()
-        average_gradients(model)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optim_step(model, loss, opt, sched)
         losses.append(loss.item())
         log({"phase": "sft", "step": step, "steps": steps, "loss": round(losses[-1], 4),
              "lr": sched.get_last_lr()[0], "elapsed_s": round(time.monotonic() - t0, 1)})

@@ -16,7 +16,8 @@ import torch
 
 from ray_jobs.tdpo.loss import TreeDPOLoss
 from ray_jobs.tdpo.packing import Tree, child_logps, pack
-from ray_jobs.train.optim import average_gradients, optimizer, steps_for
+from ray_jobs.train.optim import optimizer, steps_for
+from ray_jobs.train.optim import step as optim_step
 
 
 @torch.no_grad()
@@ -51,12 +52,7 @@ def train_tdpo(model: Any, trees: list[Tree], *, beta: float, lr: float, epochs:
         ref_b = torch.cat([ref[i] for i in idx]).to(policy.device)
         loss = loss_fn(policy, ref_b, batch.chosen_idx.to(policy.device), batch.rejected_idx.to(policy.device),
                        batch.pair_weights.to(policy.device))
-        loss.backward()
-        average_gradients(model)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optim_step(model, loss, opt, sched)
         with torch.no_grad():
             margin = (policy - ref_b).detach()
             acc = (margin[batch.chosen_idx] > margin[batch.rejected_idx]).float().mean().item()

@@ -37,3 +37,14 @@ def average_gradients(model: torch.nn.Module) -> None:
         if p.requires_grad and p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
+
+
+def step(model: torch.nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer,
+         sched: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float = 1.0) -> None:
+    """Backward, average over workers, clip, update, advance the schedule."""
+    loss.backward()
+    average_gradients(model)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
