@@ -311,6 +311,10 @@ class TrainingConfig(BaseModel):
         None, ge=1, description="Torch threads per worker (default: its CPU reservation, at least 1)."
     )
     use_gpu: bool = Field(False, description="Train on GPU workers (one GPU each).")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass: a debate tree's attention over its whole "
+        "packed row is the memory peak, and this keeps one layer's at a time (about 30% more compute).",
+    )
     timeout_minutes: float = Field(180.0, gt=0, description="A cycle running longer is killed and recorded failed.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     sft: SftSettings = Field(default_factory=SftSettings)

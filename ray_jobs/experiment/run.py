@@ -38,18 +38,27 @@ VARIANTS = {
 
 @dataclass
 class Plan:
+    """Sizes of one run. CPU-sized: the student's debate turns and every training token cost real seconds on a
+    2-core machine, so debates are shorter than the paper's (one student sample, 160 tokens, 3 rounds) and
+    T-DPO sees a capped number of trees; on a GPU raise them."""
+
     train_questions: int
     eval_questions: int
     debate_concurrency: int = 16
-    debate_max_tokens: int = 256
+    debate_max_tokens: int = 160
+    debate_rounds: int = 3
     student_samples: int = 1
+    sft_epochs: float = 3.0
     sft_max_steps: int | None = None
-    tdpo_max_steps: int | None = None
+    tdpo_trees_per_step: int = 2
+    tdpo_max_steps: int | None = 12
+    max_prompt_tokens: int = 768
+    eval_max_tokens: int = 192
     seed: int = 0
 
 
-QUICK = Plan(train_questions=16, eval_questions=40, sft_max_steps=12, tdpo_max_steps=6)
-FULL = Plan(train_questions=120, eval_questions=100)
+QUICK = Plan(train_questions=16, eval_questions=40, sft_max_steps=12, tdpo_max_steps=4)
+FULL = Plan(train_questions=48, eval_questions=80)
 
 
 def experiment_settings(base: Settings, out_dir: Path, plan: Plan) -> Settings:
@@ -62,13 +71,14 @@ def experiment_settings(base: Settings, out_dir: Path, plan: Plan) -> Settings:
     d["database_url"] = None
     d["capture"]["enabled"] = False
     d["student"]["cpu_threads_bind"] = "all"  # nothing else needs the cores while the student debates
-    d["debate"].update(max_tokens=plan.debate_max_tokens, student_samples=plan.student_samples)
+    d["debate"].update(max_tokens=plan.debate_max_tokens, student_samples=plan.student_samples,
+                       max_rounds=plan.debate_rounds)
     t = d["training"]
-    t.update(enabled=False, seed=plan.seed)
+    t.update(enabled=False, seed=plan.seed, max_prompt_tokens=plan.max_prompt_tokens)
     t["watch"]["enabled"] = False
-    t["eval"].update(n=plan.eval_questions, dataset="builtin:arithmetic")
-    t["sft"]["max_steps"] = plan.sft_max_steps
-    t["tdpo"]["max_steps"] = plan.tdpo_max_steps
+    t["eval"].update(n=plan.eval_questions, dataset="builtin:arithmetic", max_tokens=plan.eval_max_tokens)
+    t["sft"].update(max_steps=plan.sft_max_steps, epochs=plan.sft_epochs)
+    t["tdpo"].update(max_steps=plan.tdpo_max_steps, trees_per_step=plan.tdpo_trees_per_step)
     # The experiment owns the machine while it trains (serving is idle then): every core trains.
     t["torch_threads"] = t["torch_threads"] or max(1, os.cpu_count() or 1)
     return Settings(**d)

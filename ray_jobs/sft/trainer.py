@@ -57,7 +57,8 @@ def train_sft(model: Any, examples: list[SftExample], *, lr: float, epochs: floa
     for step, batch in enumerate(batches(examples, batch_size, steps, seed), 1):
         inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
         loss = model(**inputs).loss
-        optim_step(model, loss, opt, sched)
+        loss.backward()
+        optim_step(model, opt, sched)
         losses.append(loss.item())
         log({"phase": "sft", "step": step, "steps": steps, "loss": round(losses[-1], 4),
              "lr": sched.get_last_lr()[0], "elapsed_s": round(time.monotonic() - t0, 1)})

@@ -23,13 +23,17 @@ def dpo_sigmoid_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     weights: torch.Tensor | None = None,
+    normalizer: float | None = None,
 ) -> torch.Tensor:
-    """Mean (or weighted mean) over pairs of -log sigmoid(beta * (chosen log-ratio - rejected log-ratio))."""
+    """Mean (or weighted mean) over pairs of -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)).
+
+    `normalizer`: divide the weighted sum by this instead of the weights' sum, so a batch processed one tree at
+    a time (gradient accumulation) sums to exactly the batch's loss when it is the whole batch's weight."""
     logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     losses = -F.logsigmoid(beta * logits)
     if weights is None:
-        return losses.mean()
-    return (losses * weights).sum() / weights.sum()
+        weights = torch.ones_like(losses)
+    return (losses * weights).sum() / (weights.sum() if normalizer is None else normalizer)
 
 
 class TreeDPOLoss(nn.Module):
@@ -48,6 +52,7 @@ class TreeDPOLoss(nn.Module):
         chosen_idx: torch.Tensor,  # [n_pairs]
         rejected_idx: torch.Tensor,  # [n_pairs]
         weights: torch.Tensor | None = None,  # [n_pairs]
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         return dpo_sigmoid_loss(policy_logps[chosen_idx], policy_logps[rejected_idx], ref_logps[chosen_idx],
-                                ref_logps[rejected_idx], self.beta, weights)
+                                ref_logps[rejected_idx], self.beta, weights, normalizer)

@@ -47,19 +47,29 @@ def train_tdpo(model: Any, trees: list[Tree], *, beta: float, lr: float, epochs:
             rng.shuffle(fresh)
             order += fresh
         idx, order = order[:trees_per_step], order[trees_per_step:]
-        batch = pack([trees[i] for i in idx], pad_id)
-        policy = child_logps(model, batch)
-        ref_b = torch.cat([ref[i] for i in idx]).to(policy.device)
-        loss = loss_fn(policy, ref_b, batch.chosen_idx.to(policy.device), batch.rejected_idx.to(policy.device),
-                       batch.pair_weights.to(policy.device))
-        optim_step(model, loss, opt, sched)
-        with torch.no_grad():
-            margin = (policy - ref_b).detach()
-            acc = (margin[batch.chosen_idx] > margin[batch.rejected_idx]).float().mean().item()
-        losses.append(loss.item())
+        # One tree at a time, gradients accumulated: a tree's attention mask is [T, T] per head and layer, so
+        # peak memory follows the largest tree, not the step. Each tree's share is normalised by the whole
+        # step's pair weight, so the accumulated loss is exactly the step's batch loss.
+        total_weight = sum(trees[i].weight * len(trees[i].pairs) for i in idx)
+        loss_sum, right, n_pairs = 0.0, 0.0, 0
+        for i in idx:
+            batch = pack([trees[i]], pad_id)
+            policy = child_logps(model, batch)
+            ref_i = ref[i].to(policy.device)
+            chosen, rejected = batch.chosen_idx.to(policy.device), batch.rejected_idx.to(policy.device)
+            loss = loss_fn(policy, ref_i, chosen, rejected, batch.pair_weights.to(policy.device), total_weight)
+            loss.backward()
+            loss_sum += loss.item()
+            with torch.no_grad():
+                margin = (policy - ref_i).detach()
+                right += (margin[chosen] > margin[rejected]).float().sum().item()
+                n_pairs += len(chosen)
+        optim_step(model, opt, sched)
+        acc = right / max(1, n_pairs)
+        losses.append(loss_sum)
         accs.append(acc)
         log({"phase": "tdpo", "step": step, "steps": steps, "loss": round(losses[-1], 4),
-             "reward_accuracy": round(acc, 3), "pairs": len(batch.chosen_idx),
+             "reward_accuracy": round(acc, 3), "pairs": n_pairs,
              "elapsed_s": round(time.monotonic() - t0, 1)})
     tail = max(1, min(5, len(losses)))
     return {"tdpo_steps": steps, "tdpo_loss_first": losses[0], "tdpo_loss_last": sum(losses[-tail:]) / tail,

@@ -38,6 +38,7 @@ def run_training(cfg: TrainingConfig, *, model_path: str, sft: list[SftExample],
     config = {
         "data_path": str(data_path), "model_path": model_path, "pad_id": pad_id, "seed": cfg.seed,
         "threads": cfg.threads(), "use_gpu": cfg.use_gpu, "log_every": log_every,
+        "checkpointing": cfg.gradient_checkpointing,
         "lora": cfg.lora.model_dump(), "sft": cfg.sft.model_dump(),
         "tdpo": {**cfg.tdpo.model_dump(), **({"enabled": tdpo} if tdpo is not None else {})},
     }

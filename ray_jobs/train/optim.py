@@ -39,10 +39,9 @@ def average_gradients(model: torch.nn.Module) -> None:
             p.grad /= world
 
 
-def step(model: torch.nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer,
-         sched: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float = 1.0) -> None:
-    """Backward, average over workers, clip, update, advance the schedule."""
-    loss.backward()
+def step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+         max_grad_norm: float = 1.0) -> None:
+    """After the backward pass(es): average over workers, clip, update, advance the schedule."""
     average_gradients(model)
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     opt.step()

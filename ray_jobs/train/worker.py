@@ -17,7 +17,7 @@ from typing import Any
 log = logging.getLogger("distillery.train")
 
 
-def load_model(model_path: str, lora: dict[str, Any], device: str, seed: int) -> Any:
+def load_model(model_path: str, lora: dict[str, Any], device: str, seed: int, checkpointing: bool = False) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -28,7 +28,10 @@ def load_model(model_path: str, lora: dict[str, Any], device: str, seed: int) ->
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
     cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg).to(device)
+    model = get_peft_model(model, cfg).to(device)
+    if checkpointing:  # non-reentrant: works with frozen embeddings (no input grads needed) and custom masks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -45,7 +48,7 @@ def train_loop(config: dict[str, Any]) -> None:
     device = "cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu"
     data = torch.load(config["data_path"], weights_only=False)
     sft, trees = data["sft"][rank::world], data["trees"][rank::world]  # each worker its shard
-    model = load_model(config["model_path"], config["lora"], device, config["seed"])
+    model = load_model(config["model_path"], config["lora"], device, config["seed"], config["checkpointing"])
     metrics: dict[str, Any] = {"sft_examples": len(data["sft"]), "trees": len(data["trees"]),
                                "pairs": sum(len(t.pairs) for t in data["trees"]), "workers": world,
                                "device": device, "threads": config["threads"]}

@@ -10,8 +10,8 @@ A tree node is one debate round r of one MAG:
            pairs = their cross product (seeded sample past `max_pairs_per_node`).
 SFT items:
   rationale  every correct teacher answer of any round, asked as the plain question (D&R's SFT set);
-  fault      FAIR: question + the student's wrong answer -> a teacher's explanation of the mistake, kept only if
-             that teacher's own rationale passed peer review.
+  fault      FAIR: question + the student's wrong initial answer -> one teacher's explanation of the mistake
+             (drawn at random, as FAIR does), only from teachers whose own rationale passed peer review.
 Deterministic: MAGs and nodes are read in id order and every sample draws from a seeded RNG.
 """
 
@@ -114,19 +114,20 @@ def rationale_items(mag: Mag, teachers: set[str] | None, rounds: set[int] | None
     return [SftItem(mag.id, "rationale", mag.question, t) for t in _dedup(texts)]
 
 
-def fault_items(mag: Mag) -> list[SftItem]:
+def fault_items(mag: Mag, rng: random.Random) -> list[SftItem]:
+    """FAIR: the student's wrong initial answer -> one teacher explanation of the mistake, drawn at random among
+    those by teachers whose own rationale passed peer review (none accepted: no item)."""
+    student = next((n for n in mag.answers(0) if n.role == "student" and n.answered), None)
+    if student is None or student.correct is not False:
+        return []
     accepted = {n.agent for n in mag.answers(0) if n.role == "teacher" and n.accepted}
-    answers = {(n.round, n.agent): n for n in mag.answers()}
-    items = []
-    for c in mag.of_kind("critique"):
-        wrong = answers.get((c.round, c.target_agent or ""))
-        if (c.status != "ok" or c.role != "teacher" or c.agent not in accepted or wrong is None
-                or wrong.role != "student" or not c.text):
-            continue
-        prompt = FAULT_PROMPT.format(question=mag.question, answer=(wrong.text or "").strip(), gold=mag.gold)
-        items.append(SftItem(mag.id, "fault", prompt, c.text.strip()))
-    unique = {(i.prompt, i.completion): i for i in items}  # two teachers may explain a mistake alike
-    return list(unique.values())
+    explanations = _dedup([c.text.strip() for c in mag.of_kind("critique", 0)
+                           if c.status == "ok" and c.role == "teacher" and c.agent in accepted
+                           and c.target_agent == student.agent and c.text])
+    if not explanations:
+        return []
+    prompt = FAULT_PROMPT.format(question=mag.question, answer=(student.text or "").strip(), gold=mag.gold)
+    return [SftItem(mag.id, "fault", prompt, rng.choice(explanations))]
 
 
 def build(
@@ -150,6 +151,6 @@ def build(
         data.trees += tree_nodes(mag, rng, max_pairs_per_node, data.counts)
         data.sft += rationale_items(mag, sft_teachers, sft_rounds)
         if with_fault_items:
-            data.sft += fault_items(mag)
+            data.sft += fault_items(mag, rng)
     data.counts.update(f"sft_{i.kind}" for i in data.sft)
     return data

@@ -10,7 +10,9 @@ from services.store.jobs import JobStore
 
 
 class SchedulerClient(Protocol):
-    async def trigger(self, trigger: str) -> dict[str, Any]: ...
+    async def trigger(self, trigger: str) -> dict[str, Any]:
+        """{"job": the started job} or {"conflict": why not, "running": its id}."""
+        ...
     async def cancel(self, job_id: int) -> bool: ...
 
 
@@ -25,9 +27,9 @@ class JobsService:
         if self.scheduler is None:
             return self._disabled()
         out = await self.scheduler.trigger("api")
-        if "error" in out:
-            return ApiError(409, out["error"], None, "job_running")
-        return out
+        if "conflict" in out:
+            return ApiError(409, out["conflict"], None, "job_running")
+        return out["job"]  # type: ignore[no-any-return]
 
     async def list(self, limit: int) -> dict[str, Any] | ApiError:
         if self.jobs is None:

@@ -17,7 +17,7 @@ from services.scheduler.metrics import TrainingMetrics
 from services.scheduler.scheduler import STALE_S, TrainingScheduler
 from services.scheduler.watch import RolloutWatch
 from services.store.db import Database
-from services.store.jobs import JobRunning, JobStore
+from services.store.jobs import JobStore
 from services.store.mags import MagStore
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,7 @@ class SchedulerDeployment:
                 log.exception("%s failed; retrying in %.0fs", what, seconds)
 
     async def trigger(self, trigger: str) -> dict[str, Any]:
-        try:
-            job = await asyncio.to_thread(self.scheduler.trigger, trigger)
-        except JobRunning as e:
-            return {"error": str(e), "running": e.job_id}
-        return job.as_dict()
+        return await asyncio.to_thread(self.scheduler.request, trigger)
 
     async def cancel(self, job_id: int) -> bool:
         return await asyncio.to_thread(self.scheduler.cancel, job_id)

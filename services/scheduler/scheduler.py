@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from services.config import Settings
 from services.store.debates import utcnow
-from services.store.jobs import Job, JobStore
+from services.store.jobs import Job, JobRunning, JobStore
 from services.store.mags import MagStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,13 @@ class TrainingScheduler:
         job = self.jobs.get(job_id)
         assert job is not None
         return job
+
+    def request(self, trigger: str) -> dict[str, Any]:
+        """The admin API's answer: {"job": the started job} or {"conflict": why not, "running": its id}."""
+        try:
+            return {"job": self.trigger(trigger).as_dict()}
+        except JobRunning as e:
+            return {"conflict": str(e), "running": e.job_id}
 
     def cancel(self, job_id: int) -> bool:
         proc = self.procs.get(job_id)

@@ -57,8 +57,13 @@ def test_sft_items_are_correct_teacher_answers_and_accepted_feedback(mags: list)
         else:
             assert mag.gold in item.prompt and "<student_answer>" in item.prompt
             accepted = {n.agent for n in mag.answers(0) if n.role == "teacher" and n.accepted}
-            critics = {c.agent for c in mag.of_kind("critique") if c.text and c.text.strip() == item.completion}
+            critics = {c.agent for c in mag.of_kind("critique", 0) if c.text and c.text.strip() == item.completion
+                       and c.target_agent == "student-sim"}
             assert critics & accepted
+            student = next(n for n in mag.answers(0) if n.role == "student")
+            assert student.correct is False and (student.text or "").strip() in item.prompt
+    assert kinds["fault"] <= sum(1 for m in mags if any(n.role == "student" and n.correct is False
+                                                         for n in m.answers(0)))  # one per initial mistake
 
 
 def test_build_is_deterministic_and_restrictable(mags: list) -> None:
