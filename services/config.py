@@ -315,7 +315,10 @@ class TrainingConfig(BaseModel):
         True, description="Recompute activations in the backward pass: a debate tree's attention over its whole "
         "packed row is the memory peak, and this keeps one layer's at a time (about 30% more compute).",
     )
-    timeout_minutes: float = Field(180.0, gt=0, description="A cycle running longer is killed and recorded failed.")
+    timeout_minutes: float = Field(
+        360.0, gt=0, description="A cycle running longer is killed and recorded failed (a CPU-only node trains the "
+        "paper's 3 T-DPO epochs slowly: hours for a few hundred trees).",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     sft: SftSettings = Field(default_factory=SftSettings)
     tdpo: TdpoSettings = Field(default_factory=TdpoSettings)

@@ -8,6 +8,7 @@ method's (`distillery experiment` measures the method).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -36,12 +37,13 @@ TRAIN_ENV = {
     "DISTILLERY_TRAINING__MAX_COMPLETION_TOKENS": "160",
     "DISTILLERY_TRAINING__SFT__LR": "1e-3",
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
-    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "10",
+    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "24",
+    "DISTILLERY_TRAINING__SFT__EPOCHS": "3",
     "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",
     "DISTILLERY_TRAINING__TDPO__MAX_STEPS": "2",
-    "DISTILLERY_TRAINING__EVAL__N": "24",
+    "DISTILLERY_TRAINING__EVAL__N": "40",
     "DISTILLERY_TRAINING__EVAL__MAX_TOKENS": "96",
-    "DISTILLERY_TRAINING__GATE__MIN_ACCURACY_GAIN": "0.1",
+    "DISTILLERY_TRAINING__GATE__MIN_ACCURACY_GAIN": "0.05",
     "DISTILLERY_TRAINING__GATE__MAX_TOKENS_INCREASE": "0.5",
 }
 JOB_TIMEOUT_S = 900
@@ -52,7 +54,7 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     data_dir = tmp_path_factory.mktemp("training")
     db = Database(f"sqlite:///{data_dir / 'distillery.db'}")
     db.create_all()
-    seeded = debate_mags(MagStore(db), 16)
+    seeded = debate_mags(MagStore(db), 24)
     svc = start_service(model_dir, data_dir, TRAIN_ENV)
     svc.seeded = seeded  # type: ignore[attr-defined]
     try:
@@ -100,15 +102,16 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     assert done["candidate"] == "student@v1" and done["incumbent"] == base
     assert done["data"]["mags"] == len(service.seeded) and done["data"]["tree_pairs"] > 0  # type: ignore[attr-defined]
     train = done["metrics"]["train"]
-    assert train["sft_steps"] == 10 and train["tdpo_steps"] == 2 and train["stage"] == "tdpo"
+    assert train["sft_steps"] == min(24, math.ceil(done["data"]["sft_examples"] * 3 / 4))  # 3 epochs, batch 4
+    assert train["tdpo_steps"] == 2 and train["stage"] == "tdpo" and train["sft_examples"] > 24
     ev = done["metrics"]["eval"]
-    assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.1
+    assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.05
 
     assert served_adapter(service) == "student@v1"  # the hot swap happened
     v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
     assert v1["status"] == "promoted"
     assert sorted(v1["lineage"]["mags"]) == sorted(service.seeded)  # type: ignore[attr-defined]
-    assert len(v1["lineage"]["trees"]) == done["data"]["trees"] and v1["metrics"]["eval"]["n"] == 24
+    assert len(v1["lineage"]["trees"]) == done["data"]["trees"] and v1["metrics"]["eval"]["n"] == 40
 
     metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
     assert 'distillery_training_runs{outcome="promoted"} 1.0' in metrics
