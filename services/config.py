@@ -224,7 +224,10 @@ class LoraSettings(BaseModel):
 class SftSettings(BaseModel):
     """Supervised fine-tuning, the first stage of every cycle (correct teacher outputs + FAIR items)."""
 
-    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (D&R: 2e-4).")
+    lr: float = Field(
+        1e-3, gt=0, description="AdamW learning rate. D&R used 2e-4 on a 7B student; on the 135M default it left "
+        "the answer format unlearned after 18 steps (loss 0.46), 1e-3 learned it (loss 0.04).",
+    )
     epochs: float = Field(2.0, gt=0, description="Passes over the SFT data (D&R: 2).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
@@ -235,7 +238,7 @@ class TdpoSettings(BaseModel):
 
     enabled: bool = Field(True, description="Run T-DPO after SFT (false: SFT-only cycles).")
     beta: float = Field(0.1, gt=0, description="DPO temperature (D&R keeps TRL's 0.1).")
-    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (D&R: 5e-6 on 7B; a 135M LoRA needs more).")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (D&R: 5e-6 on 7B; a 135M LoRA needs more).")
     epochs: float = Field(3.0, gt=0, description="Passes over the trees (D&R: 3).")
     trees_per_step: int = Field(4, ge=1, description="Tree nodes per optimizer step (each with all its pairs).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")

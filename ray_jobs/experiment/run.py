@@ -49,9 +49,7 @@ class Plan:
     debate_rounds: int = 3
     student_samples: int = 1
     sft_epochs: float = 3.0
-    sft_lr: float = 1e-3  # LoRA on a 135M model with a few dozen examples: 2e-4 (D&R's 7B rate) barely moves it
     sft_max_steps: int | None = None
-    tdpo_lr: float = 1e-4
     tdpo_trees_per_step: int = 2
     tdpo_max_steps: int | None = 12
     max_prompt_tokens: int = 768
@@ -79,8 +77,8 @@ def experiment_settings(base: Settings, out_dir: Path, plan: Plan) -> Settings:
     t.update(enabled=False, seed=plan.seed, max_prompt_tokens=plan.max_prompt_tokens)
     t["watch"]["enabled"] = False
     t["eval"].update(n=plan.eval_questions, dataset="builtin:arithmetic", max_tokens=plan.eval_max_tokens)
-    t["sft"].update(max_steps=plan.sft_max_steps, epochs=plan.sft_epochs, lr=plan.sft_lr)
-    t["tdpo"].update(max_steps=plan.tdpo_max_steps, trees_per_step=plan.tdpo_trees_per_step, lr=plan.tdpo_lr)
+    t["sft"].update(max_steps=plan.sft_max_steps, epochs=plan.sft_epochs)
+    t["tdpo"].update(max_steps=plan.tdpo_max_steps, trees_per_step=plan.tdpo_trees_per_step)
     # The experiment owns the machine while it trains (serving is idle then): every core trains.
     t["torch_threads"] = t["torch_threads"] or max(1, os.cpu_count() or 1)
     return Settings(**d)

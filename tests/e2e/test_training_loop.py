@@ -3,11 +3,14 @@ through the service -> gate -> promotion (hot swap); a worse candidate refused; 
 
 One service, its scheduler's periodic trigger off (cycles start by POST /admin/train and `distillery train
 --once`), small training and evaluation sizes so CI stays quick: the numbers are the machinery's, not the
-method's (`distillery experiment` measures the method).
+method's (`distillery experiment` measures the method). Debates and evaluation use one-step problems: in the
+~20 single-thread CPU steps a test can afford, the student learns those (the answer format and one operation),
+so the gain the gate must see is real and not a coin flip; on the full suite it is not (0.125 vs 0.100 here).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -25,7 +28,7 @@ from services.store.db import Database
 from services.store.mags import MagStore
 from tests.conftest import Service, start_service, stop_service
 from tests.http_servers import wait_for
-from tests.ray_jobs.mags import debate_mags, poisoned_mags
+from tests.ray_jobs.mags import debate_mags, one_step, poisoned_mags
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +38,6 @@ TRAIN_ENV = {
     "DISTILLERY_TRAINING__MIN_MAGS": "4",
     "DISTILLERY_TRAINING__MAX_PROMPT_TOKENS": "512",
     "DISTILLERY_TRAINING__MAX_COMPLETION_TOKENS": "160",
-    "DISTILLERY_TRAINING__SFT__LR": "1e-3",
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
     "DISTILLERY_TRAINING__SFT__MAX_STEPS": "24",
     "DISTILLERY_TRAINING__SFT__EPOCHS": "3",
@@ -54,8 +56,11 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     data_dir = tmp_path_factory.mktemp("training")
     db = Database(f"sqlite:///{data_dir / 'distillery.db'}")
     db.create_all()
-    seeded = debate_mags(MagStore(db), 24)
-    svc = start_service(model_dir, data_dir, TRAIN_ENV)
+    seeded = debate_mags(MagStore(db), 24, simple=True)
+    eval_set = data_dir / "eval.jsonl"
+    eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
+                                for p in one_step("eval", 40)))
+    svc = start_service(model_dir, data_dir, {**TRAIN_ENV, "DISTILLERY_TRAINING__EVAL__DATASET": str(eval_set)})
     svc.seeded = seeded  # type: ignore[attr-defined]
     try:
         yield svc
@@ -124,6 +129,7 @@ def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, mode
     port = service.url.rsplit(":", 1)[1]
     env = {**os.environ, "DISTILLERY_DATA_DIR": str(service.data_dir), "DISTILLERY_STUDENT__MODEL": model_dir,
            "DISTILLERY_SERVER__PORT": port, **TRAIN_ENV,
+           "DISTILLERY_TRAINING__EVAL__DATASET": str(service.data_dir / "eval.jsonl"),
            "DISTILLERY_TRAINING__MAX_MAGS": str(len(poisoned))}  # the newest MAGs: the poisoned ones
     out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once"], env=env, capture_output=True,
                          text=True, timeout=JOB_TIMEOUT_S)

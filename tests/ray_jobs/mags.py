@@ -23,7 +23,13 @@ STUDENT = TeacherConfig(name="student-sim", reference=ReferenceProfile(
     error_rate=0.7, error_styles=["wrong_operation", "off_by_one", "dropped_step"], seed=9))
 
 
-def debate_mags(store: MagStore, n: int, seed: int = 0, *, reflection: bool = True) -> list[int]:
+def one_step(split: str, n: int, seed: int = 0) -> list:
+    """`n` suite problems with a single operation: what a few CPU training steps can teach the 135M student."""
+    return [p for p in generate(split, 8 * n, seed) if p.steps == 1][:n]
+
+
+def debate_mags(store: MagStore, n: int, seed: int = 0, *, reflection: bool = True, simple: bool = False
+                ) -> list[int]:
     cfg = DebateConfig(reflection=reflection, max_rounds=3)
     with serve_app(build_teacher_app([*cfg.teachers, STUDENT])) as url:
         student = OpenAIAgent(STUDENT.model_copy(update={"base_url": f"{url}/student-sim/v1"}), role="student",
@@ -34,7 +40,7 @@ def debate_mags(store: MagStore, n: int, seed: int = 0, *, reflection: bool = Tr
 
         async def run() -> list[int]:
             out = []
-            for p in generate("train", n, seed):
+            for p in one_step("train", n, seed) if simple else generate("train", n, seed):
                 res = await engine.run(DebateInput(p.question, p.answer, "dataset", source="test"))
                 out.append(res.debate_id)
             return out
