@@ -44,6 +44,10 @@ class ServerConfig(BaseModel):
         64, ge=1, description="Generation requests in flight before new ones get 429."
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Ray Serve request timeout.")
+    internal_url: str | None = Field(
+        None, description="How the service's own parts (training jobs, the rollout watch, built-in teachers) reach "
+        "its HTTP API. Unset: http://127.0.0.1:<port>. On Kubernetes the chart sets the RayService's serve Service.",
+    )
 
 
 class StudentConfig(BaseModel):
@@ -125,6 +129,10 @@ class TeacherConfig(BaseModel):
         None, description="OpenAI-compatible base URL (…/v1). Unset with `reference` set: the built-in reference "
         "teacher hosted by the service at /teachers/<name>/v1."
     )
+    base_url_env: str | None = Field(
+        None, description="Environment variable holding the base URL, instead of `base_url` (e.g. filled from a "
+        "Kubernetes Secret, see helm/distillery)."
+    )
     model: str = Field("reference", description="Model name sent to the endpoint.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (never the key).")
     price_prompt_per_1k: float = Field(0.0, ge=0, description="USD per 1k prompt tokens (cost estimate).")
@@ -140,9 +148,24 @@ class TeacherConfig(BaseModel):
 
     @model_validator(mode="after")
     def _endpoint(self) -> TeacherConfig:
-        if self.base_url is None and self.reference is None:
-            raise ValueError(f"teacher {self.name!r} needs a base_url (or a `reference` profile for a built-in one)")
+        if self.base_url is None and self.base_url_env is None and self.reference is None:
+            raise ValueError(f"teacher {self.name!r} needs a base_url or base_url_env (or a `reference` profile for "
+                             "a built-in one)")
         return self
+
+    @property
+    def builtin(self) -> bool:
+        """A reference teacher the service hosts itself (no endpoint of its own)."""
+        return self.reference is not None and self.base_url is None and self.base_url_env is None
+
+    def endpoint(self) -> str | None:
+        """The configured base URL, read from `base_url_env` at call time when that is how it is given."""
+        if self.base_url or not self.base_url_env:
+            return self.base_url
+        url = os.environ.get(self.base_url_env)
+        if not url:
+            raise ValueError(f"teacher {self.name!r}: environment variable {self.base_url_env} is not set")
+        return url
 
 
 def _embedded_teachers() -> list[TeacherConfig]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -11,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
+from services.gateway.client import service_url
 from services.student.model_prep import base_model_id, resolve_base_model
 
 APP_NAME = "distillery"
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
 def teachers_url(settings: Settings) -> str:
-    """Where the built-in reference teachers answer (the service's own port, /teachers/<name>/v1)."""
-    host = "127.0.0.1" if settings.server.host in {"0.0.0.0", "::"} else settings.server.host
-    return f"http://{host}:{settings.server.port}/teachers"
+    """Where the built-in reference teachers answer (the service's own API, /teachers/<name>/v1)."""
+    return f"{service_url(settings)}/teachers"
 
 
 def ray_address_file(settings: Settings) -> Path:
@@ -58,10 +60,37 @@ def build_application(settings: Settings, model_path: str) -> Any:
 def build_teachers_application(settings: Settings) -> Any | None:
     from services.teachers.deployment import ReferenceTeachersDeployment
 
-    builtin = [t for t in settings.debate.teachers if t.reference is not None and t.base_url is None]
+    builtin = [t for t in settings.debate.teachers if t.builtin]
     if not (settings.debate.enabled and builtin):
         return None
     return ReferenceTeachersDeployment.options(ray_actor_options={"num_cpus": 0}).bind(builtin)
+
+
+def offline_env(settings: Settings) -> None:
+    """Replicas inherit the environment of the process that starts Ray: nothing may reach a model hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.student.kv_cache_gb))
+
+
+def serve_app(args: dict[str, Any] | None = None) -> Any:
+    """Application builder for a Serve config file or a KubeRay RayService (`import_path:
+    services.launcher:serve_app`, see helm/distillery). Settings come from the pods' `DISTILLERY_CONFIG` and
+    `DISTILLERY_*` environment, as for `distillery serve`; the cluster, not this process, owns Ray and HTTP."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    offline_env(settings)
+    return build_application(settings, resolve_base_model(settings, log.info))
+
+
+def teachers_app(args: dict[str, Any] | None = None) -> Any:
+    """Builder of the built-in reference teachers' application (`import_path: services.launcher:teachers_app`)."""
+    app = build_teachers_application(Settings())
+    if app is None:
+        raise ValueError("no built-in reference teachers are configured: drop the `teachers` Serve application")
+    return app
 
 
 class _Ticker:
@@ -94,12 +123,7 @@ def start(settings: Settings, progress: Progress = print) -> str:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_base_model(settings, progress)
-    # Replicas inherit the environment of the Ray started here: nothing may reach a model hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.student.kv_cache_gb))
+    offline_env(settings)
     with _Ticker(progress, "starting Ray"):
         ray.init(
             address=settings.ray.address or "local",

@@ -47,3 +47,20 @@ def test_secrets_are_masked_in_public_dump():
     dumped = str(s.public_dict())
     assert "sk-secret-client" not in dumped and "sk-secret-admin" not in dumped
     assert s.server.admin_key.get_secret_value() == "sk-secret-admin"
+
+
+def test_teacher_endpoint_and_key_from_environment(monkeypatch):
+    """How the Helm chart wires teachers from Secrets: the config names variables, never holds the values."""
+    from services.config import TeacherConfig
+    from services.debate.agents import OpenAIAgent
+
+    t = TeacherConfig(name="big", model="m", base_url_env="T_URL", api_key_env="T_KEY")
+    assert not t.builtin
+    with pytest.raises(ValueError, match="T_URL is not set"):
+        OpenAIAgent(t)
+    monkeypatch.setenv("T_URL", "https://teacher.example/v1/")
+    monkeypatch.setenv("T_KEY", "sk-secret")
+    agent = OpenAIAgent(t)
+    assert agent.base_url == "https://teacher.example/v1" and agent.headers["Authorization"] == "Bearer sk-secret"
+    with pytest.raises(ValidationError, match="needs a base_url or base_url_env"):
+        TeacherConfig(name="nowhere", model="m")

@@ -79,7 +79,7 @@ class OpenAIAgent:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.name, self.role, self.model, self.cfg = cfg.name, role, cfg.model, cfg
-        self.base_url = (base_url or cfg.base_url or "").rstrip("/")
+        self.base_url = (base_url or cfg.endpoint() or "").rstrip("/")
         if not self.base_url:
             raise ValueError(f"agent {cfg.name!r} has no base URL")
         self.max_tokens, self.samples = max_tokens, samples
@@ -169,7 +169,7 @@ def build_teachers(cfg: DebateConfig, embedded_url: str | None) -> list[OpenAIAg
     """Agents for the configured teachers; built-in reference teachers live at `<embedded_url>/<name>/v1`."""
     agents = []
     for t in cfg.teachers:
-        base = t.base_url or (f"{embedded_url.rstrip('/')}/{t.name}/v1" if embedded_url else None)
+        base = t.endpoint() or (f"{embedded_url.rstrip('/')}/{t.name}/v1" if embedded_url else None)
         if base is None:
             raise ValueError(f"teacher {t.name!r} is a built-in reference teacher but no teacher server is running")
         agents.append(OpenAIAgent(t, base_url=base, max_tokens=cfg.max_tokens))

@@ -21,6 +21,8 @@ class ServiceError(RuntimeError):
 
 
 def service_url(settings: Settings) -> str:
+    if settings.server.internal_url:
+        return settings.server.internal_url.rstrip("/")
     host = "127.0.0.1" if settings.server.host in {"0.0.0.0", "::"} else settings.server.host
     return f"http://{host}:{settings.server.port}"
 

@@ -16,6 +16,7 @@ from services.registry import AdapterRegistry
 from services.scheduler.metrics import TrainingMetrics
 from services.scheduler.scheduler import STALE_S, TrainingScheduler
 from services.scheduler.watch import RolloutWatch
+from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
@@ -33,12 +34,13 @@ class SchedulerDeployment:
         self.jobs = JobStore(db)
         registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
         url = service_url(settings)
+        controls = Controls(db)
         self.scheduler = TrainingScheduler(settings, self.jobs, MagStore(db), url=url,
-                                           ray_address=ray.get_runtime_context().gcs_address)
+                                           ray_address=ray.get_runtime_context().gcs_address, controls=controls)
         client = ServiceClient(settings, url)
-        self.watch = RolloutWatch(settings.training.watch, registry, MagStore(db) if settings.capture.enabled
-                                  else None, client.metrics_text, client.rollback)
-        self.metrics = TrainingMetrics(self.jobs, registry)
+        labelled = MagStore(db) if settings.capture.enabled else None
+        self.watch = RolloutWatch(settings.training.watch, registry, labelled, client.metrics_text, client.rollback)
+        self.metrics = TrainingMetrics(self.jobs, registry, labelled, controls)
         self.settings = settings
         # Jobs of an earlier service process cannot report to this one: close them now.
         for job_id in self.jobs.reap(STALE_S):

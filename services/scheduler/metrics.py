@@ -8,14 +8,18 @@ from datetime import UTC
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from services.registry import AdapterRegistry
+from services.scheduler.watch import last_promotion, live_accuracy
+from services.store.controls import Controls
 from services.store.jobs import JobStore
+from services.store.mags import MagStore
 
 OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
 
 
 class TrainingMetrics:
-    def __init__(self, jobs: JobStore, registry: AdapterRegistry) -> None:
-        self.jobs, self.adapters = jobs, registry
+    def __init__(self, jobs: JobStore, registry: AdapterRegistry, mags: MagStore | None = None,
+                 controls: Controls | None = None) -> None:
+        self.jobs, self.adapters, self.mags, self.controls = jobs, registry, mags, controls
         r = self.registry = CollectorRegistry()
         self.runs = Gauge("distillery_training_runs", "Training cycles ever finished, by outcome.", ["outcome"],
                           registry=r)
@@ -32,8 +36,17 @@ class TrainingMetrics:
                             "version.", ["version", "type"], registry=r)
         self.events = Gauge("distillery_adapter_promotions", "Promotion log entries: promotions, rollbacks and "
                             "automatic rollbacks.", ["kind"], registry=r)
+        self.live_accuracy = Gauge("distillery_live_accuracy", "Accuracy on client-labelled requests (POST "
+                                   "/v1/feedback): the promoted version since its promotion (role=promoted) and "
+                                   "what served before it (role=previous).", ["role", "version"], registry=r)
+        self.paused = Gauge("distillery_distillation_paused", "1 while an operator has paused distillation "
+                            "(no capture, no new debates, no scheduled training).", registry=r)
+        self.live_labels = Gauge("distillery_live_labels", "Client-labelled requests behind distillery_live_accuracy.",
+                                 ["role", "version"], registry=r)
 
     def collect(self) -> None:
+        if self.controls is not None:
+            self.paused.set(1 if self.controls.state()["paused"] else 0)
         counts = self.jobs.counts()
         for outcome in OUTCOMES:
             self.runs.labels(outcome).set(counts.get(outcome, 0))
@@ -61,6 +74,14 @@ class TrainingMetrics:
         self.events.labels("rollback").set(sum(h["kind"] == "rollback" for h in history))
         self.events.labels("auto_rollback").set(
             sum(h["kind"] == "rollback" and (h["reason"] or "").startswith("auto-rollback") for h in history))
+        # Only the promotion now in force has live series: a stale pair would keep an alert firing after a rollback.
+        self.live_accuracy.clear()
+        self.live_labels.clear()
+        current = last_promotion(self.adapters)
+        if self.mags is not None and current is not None:
+            for role, live in live_accuracy(self.adapters, self.mags, *current).items():
+                self.live_accuracy.labels(role, live.version).set(live.accuracy)
+                self.live_labels.labels(role, live.version).set(live.labels)
 
     def render(self) -> bytes:
         self.collect()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
+from services.store.controls import Controls
 from services.store.debates import utcnow
 from services.store.jobs import Job, JobRunning, JobStore
 from services.store.mags import MagStore
@@ -35,13 +36,19 @@ def launch_cycle(job_id: int, url: str, log_path: Path, env: dict[str, str]) -> 
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def fresh_mags(jobs: JobStore, mags: MagStore) -> int:
+    """Usable MAGs finished since the last cycle started: no cycle is due without one."""
+    last = jobs.last()
+    return mags.count_usable_since(last.started_at if last else None)
+
+
 class TrainingScheduler:
     def __init__(self, settings: Settings, jobs: JobStore, mags: MagStore, *, url: str,
-                 ray_address: str | None = None,
+                 ray_address: str | None = None, controls: Controls | None = None,
                  launcher: Callable[[int, str, Path, dict[str, str]], subprocess.Popen[bytes]] = launch_cycle) -> None:
         self.settings, self.cfg = settings, settings.training
         self.jobs, self.mags, self.url = jobs, mags, url
-        self.ray_address = ray_address
+        self.ray_address, self.controls = ray_address, controls
         self.launcher = launcher
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -53,7 +60,7 @@ class TrainingScheduler:
         if self.jobs.running() is not None:
             return None
         last = self.jobs.last()
-        fresh = self.mags.count_usable_since(last.started_at if last else None)
+        fresh = fresh_mags(self.jobs, self.mags)
         if fresh == 0:
             return None
         if self.cfg.every_mags is not None and fresh >= self.cfg.every_mags:
@@ -113,7 +120,8 @@ class TrainingScheduler:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.error("training job %d recorded as failed (dead or overdue)", job_id)
-        if self.cfg.enabled and (reason := self.due()) is not None:
+        paused = self.controls is not None and self.controls.paused()
+        if self.cfg.enabled and not paused and (reason := self.due()) is not None:
             log.info("training cycle due: %s", reason)
             self.trigger("schedule")
 

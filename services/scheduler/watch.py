@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +23,36 @@ from services.store.debates import utcnow
 from services.store.mags import MagStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveAccuracy:
+    version: str
+    labels: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.labels if self.labels else 0.0
+
+
+def last_promotion(registry: AdapterRegistry) -> tuple[str, datetime] | None:
+    """(version, when) of the promotion now in force, or None when the last log entry is not a promotion."""
+    promoted, history = registry.promoted(), registry.history()
+    if promoted is None or not history or history[-1]["kind"] != "promote" \
+            or history[-1]["version"] != promoted.name:
+        return None
+    return promoted.name, datetime.fromisoformat(history[-1]["at"]).replace(tzinfo=None)
+
+
+def live_accuracy(registry: AdapterRegistry, store: MagStore, version: str, since: datetime
+                  ) -> dict[str, LiveAccuracy]:
+    """Labelled live accuracy of `version` since its promotion and of what served before it (all time): the
+    feedback signal of the watch, and the `distillery_live_accuracy` gauges an SRE's alert reads."""
+    previous = registry.rollback_target()
+    prev_name = previous.name if previous else registry.base_model
+    return {"promoted": LiveAccuracy(version, *store.live_accuracy(version, since)),
+            "previous": LiveAccuracy(prev_name, *store.live_accuracy(prev_name))}
 
 
 def request_counts(metrics_text: str, model: str, adapter: str) -> tuple[float, float]:
@@ -48,31 +79,29 @@ class RolloutWatch:
 
     def check(self) -> str | None:
         """One look at the signals; rolls back and returns the reason on a regression."""
-        promoted = self.registry.promoted()
-        history = self.registry.history()
-        if promoted is None or not history or history[-1]["kind"] != "promote" \
-                or history[-1]["version"] != promoted.name:
+        current = last_promotion(self.registry)
+        if current is None:
             self._watching = None
             return None
-        at = datetime.fromisoformat(history[-1]["at"]).replace(tzinfo=None)
+        version, at = current
         if utcnow() - at > timedelta(seconds=self.cfg.window_s):
             return None
         name = self.registry.served_name
-        counts = request_counts(self.metrics_text(), name, promoted.name)
-        if self._watching != (promoted.name, at):
+        counts = request_counts(self.metrics_text(), name, version)
+        if self._watching != (version, at):
             # First look at this promotion: requests counted before now belong to no watch window (e.g. a
             # restart of this watcher); start from here.
-            self._watching, self._baseline = (promoted.name, at), counts
+            self._watching, self._baseline = (version, at), counts
             return None
         total, errors = counts[0] - self._baseline[0], counts[1] - self._baseline[1]
         reason = None
         if total >= self.cfg.min_requests and errors / total > self.cfg.max_error_rate:
-            reason = (f"error rate {errors / total:.1%} of {total:.0f} requests on {promoted.name} exceeds "
+            reason = (f"error rate {errors / total:.1%} of {total:.0f} requests on {version} exceeds "
                       f"{self.cfg.max_error_rate:.1%}")
         elif self.store is not None:
-            reason = self._feedback(promoted.name, at)
+            reason = self._feedback(version, at)
         if reason is not None:
-            log.error("auto-rollback of %s: %s", promoted.name, reason)
+            log.error("auto-rollback of %s: %s", version, reason)
             self.rollback(f"auto-rollback: {reason}")
             self.rollbacks += 1
             self._watching = None
@@ -80,16 +109,11 @@ class RolloutWatch:
 
     def _feedback(self, version: str, since: datetime) -> str | None:
         assert self.store is not None
-        n, correct = self.store.live_accuracy(version, since)
-        if n < self.cfg.min_labels:
+        live = live_accuracy(self.registry, self.store, version, since)
+        cur, prev = live["promoted"], live["previous"]
+        if cur.labels < self.cfg.min_labels or prev.labels < self.cfg.min_labels:
             return None
-        previous = self.registry.rollback_target()
-        prev_name = previous.name if previous else self.registry.base_model
-        pn, pc = self.store.live_accuracy(prev_name)
-        if pn < self.cfg.min_labels:
-            return None
-        acc, prev = correct / n, pc / pn
-        if acc < prev - self.cfg.max_accuracy_drop:
-            return (f"live accuracy {acc:.1%} on {n} labelled requests, {prev:.1%} for {prev_name} before it "
-                    f"(allowed drop {self.cfg.max_accuracy_drop:.0%})")
+        if cur.accuracy < prev.accuracy - self.cfg.max_accuracy_drop:
+            return (f"live accuracy {cur.accuracy:.1%} on {cur.labels} labelled requests, {prev.accuracy:.1%} for "
+                    f"{prev.version} before it (allowed drop {self.cfg.max_accuracy_drop:.0%})")
         return None

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.config import WatchSettings
 from services.gateway.metrics import ServingMetrics
 from services.registry import AdapterRegistry
+from services.scheduler.metrics import TrainingMetrics
 from services.scheduler.watch import RolloutWatch, request_counts
 from services.store.db import Database
+from services.store.jobs import JobStore
 from services.store.mags import MagStore
 
 
@@ -64,24 +67,49 @@ def test_error_rate_after_promotion_rolls_back(parts) -> None:
     assert watch.check() is None  # a rollback is not a promotion to watch
 
 
+def served(store: MagStore, adapter: str, i: int, answer: str, label: str) -> None:
+    """A request `adapter` answered with `answer`, then labelled `label` by the client."""
+    store.enqueue([{"request_id": f"{adapter}-{i}", "question": "q", "served_output": f"Final answer: {answer}",
+                    "served_adapter": adapter}])
+    store.add_label(f"{adapter}-{i}", label)
+
+
 def test_live_accuracy_drop_rolls_back(parts) -> None:
     reg, store, metrics = parts
-    def served(adapter: str, i: int, answer: str, label: str) -> None:
-        store.enqueue([{"request_id": f"{adapter}-{i}", "question": "q", "served_output": f"Final answer: {answer}",
-                        "served_adapter": adapter}])
-        store.add_label(f"{adapter}-{i}", label)
-
     for i in range(10):
-        served("student@v1", i, "5", "5" if i < 8 else "6")  # v1: 80% live accuracy
+        served(store, "student@v1", i, "5", "5" if i < 8 else "6")  # v1: 80% live accuracy
     rollbacks: list[str] = []
     watch = RolloutWatch(WatchSettings(min_labels=10, max_accuracy_drop=0.15), reg, store,
                          lambda: metrics.render().decode(), rollbacks.append)
     watch.check()
     for i in range(10):
-        served("student@v2", i, "5", "5" if i < 7 else "6")  # 70%: within the allowed drop
+        served(store, "student@v2", i, "5", "5" if i < 7 else "6")  # 70%: within the allowed drop
     assert watch.check() is None
     for i in range(10, 20):
-        served("student@v2", i, "5", "6")  # now 35%
+        served(store, "student@v2", i, "5", "6")  # now 35%
     reason = watch.check()
     assert reason is not None and "live accuracy 35.0% on 20 labelled requests, 80.0% for student@v1" in reason
     assert len(rollbacks) == 1
+
+
+def test_live_accuracy_gauges_follow_the_promotion_in_force(parts) -> None:
+    """What the `DistilleryAccuracyDropAfterPromote` alert reads: promoted vs previous, gone after a rollback."""
+    reg, store, _ = parts
+    for i in range(4):
+        served(store, "student@v1", i, "5", "5" if i < 3 else "6")  # v1: 3 of 4
+        served(store, "student@v2", i, "5", "5" if i < 1 else "6")  # v2: 1 of 4
+    gauges = TrainingMetrics(JobStore(store.db), reg, store)
+
+    def live() -> dict[tuple[str, str, str], float]:
+        return {(s.name, s.labels["role"], s.labels["version"]): s.value
+                for fam in text_string_to_metric_families(gauges.render().decode())
+                if fam.name.startswith("distillery_live_") for s in fam.samples}
+
+    assert live() == {
+        ("distillery_live_accuracy", "promoted", "student@v2"): 0.25,
+        ("distillery_live_labels", "promoted", "student@v2"): 4.0,
+        ("distillery_live_accuracy", "previous", "student@v1"): 0.75,
+        ("distillery_live_labels", "previous", "student@v1"): 4.0,
+    }
+    reg.rollback("test")
+    assert live() == {}
