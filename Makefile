@@ -19,6 +19,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
+	bash scripts/test-deps.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/distillery prepare-model
 	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
