@@ -205,11 +205,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         print(f"training job {job['id']} started by the service; follow it with `distillery jobs {job['id']}`")
         return
     from ray_jobs.cycle import run_job
+    from services.scheduler.scheduler import fresh_mags
+    from services.store.controls import Controls
     from services.store.db import Database
     from services.store.jobs import JobRunning, JobStore
+    from services.store.mags import MagStore
 
     db = Database(settings.db_url)
     db.create_all()
+    if args.if_due and Controls(db).paused():
+        print("distillation is paused (distillery distillation resume): no job started")
+        return
+    if args.if_due and fresh_mags(JobStore(db), MagStore(db)) == 0:
+        print("no usable MAG finished since the last cycle started: nothing to train on, no job started")
+        return
     try:
         job_id = JobStore(db).start("cli")
     except JobRunning as e:
@@ -219,6 +228,29 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     except Exception as e:
         sys.exit(f"error: training job {job_id} failed: {type(e).__name__}: {e}")
     print(f"job {job_id}: {res.outcome}: {res.reason}")
+
+
+def cmd_distillation(args: argparse.Namespace, settings: Settings) -> None:
+    if args.action == "status":
+        state = _call(settings, args.url, "GET", "/admin/distillation")
+    else:
+        state = _call(settings, args.url, "POST", f"/admin/distillation/{args.action}", {"reason": args.reason})
+    since = f" since {state['since']}" if state["since"] else ""
+    why = f" ({state['reason']})" if state["reason"] else ""
+    print(f"distillation is {'PAUSED' if state['paused'] else 'running'}{since}{why}")
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> None:
+    from services.store.db import Database
+    from services.store.migrate import TargetNotEmpty, copy_store
+
+    source = args.source or settings.db_url
+    print(f"copying {Database.describe(source)} -> {Database.describe(args.to)}")
+    try:
+        counts = copy_store(Database(source), Database(args.to), progress=lambda s: print(f"  {s}"))
+    except TargetNotEmpty as e:
+        sys.exit(f"error: {e}")
+    print(f"done: {sum(counts.values())} rows; now point DISTILLERY_DATABASE_URL at the target and restart")
 
 
 def _job_line(j: dict[str, Any]) -> list[str]:
@@ -333,8 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     how = s.add_mutually_exclusive_group(required=True)
     how.add_argument("--once", action="store_true", help="run one cycle here, in the foreground")
     how.add_argument("--api", action="store_true", help="ask the running service to start one (POST /admin/train)")
+    s.add_argument("--if-due", action="store_true",
+                   help="with --once: start only if usable MAGs finished since the last cycle (for cron triggers)")
     s.add_argument("--url", help="service URL (default: http://server.host:server.port)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("distillation", help="pause or resume capture, debates and scheduled training (no restart)")
+    s.add_argument("action", choices=["status", "pause", "resume"])
+    s.add_argument("--reason", help="recorded with the switch")
+    s.add_argument("--url", help="service URL (default: http://server.host:server.port)")
+    s.set_defaults(func=cmd_distillation)
+
+    s = sub.add_parser("db", help="the store's database")
+    s.add_argument("action", choices=["copy"], help="copy: every row into an empty database (SQLite -> Postgres)")
+    s.add_argument("--to", required=True, help="target SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db")
+    s.add_argument("--from", dest="source", help="source URL (default: the configured store)")
+    s.set_defaults(func=cmd_db)
 
     s = sub.add_parser("jobs", help="training cycles and their outcomes")
     s.add_argument("id", nargs="?", type=int, help="one job, in full")

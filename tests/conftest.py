@@ -25,13 +25,28 @@ from tests.lora_factory import train_codeword_adapter
 READY_TIMEOUT_S = 300
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server for the session; tests take a fresh database with `fresh_database`."""
+    from tests.postgres_server import postgres_server
+
+    with postgres_server(free_port()) as url:
+        yield url
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    """A real SQLite store (WAL) in a fresh directory."""
+def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite database (WAL) in a fresh folder (tests/store runs on Postgres too)."""
+    return f"sqlite:///{tmp_path / 'distillery.db'}"
+
+
+@pytest.fixture
+def store(db_url: str):
+    """A real store on `db_url`."""
     from services.store.db import Database
     from services.store.mags import MagStore
 
-    db = Database(f"sqlite:///{tmp_path / 'distillery.db'}")
+    db = Database(db_url)
     db.create_all()
     return MagStore(db)
 

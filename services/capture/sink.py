@@ -15,6 +15,7 @@ from typing import Any
 
 from services.capture.policy import FinishedRequest
 from services.capture.redact import Redactor
+from services.store.controls import Controls
 from services.store.mags import MagStore
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,12 @@ def question_of(messages: list[dict[str, Any]]) -> str | None:
 
 class StoreSink:
     def __init__(self, store: MagStore, redact: Redactor, *, capacity: int = 10_000, batch: int = 64,
-                 linger_s: float = 0.05) -> None:
-        self.store, self.redact = store, redact
+                 linger_s: float = 0.05, controls: Controls | None = None) -> None:
+        self.store, self.redact, self.controls = store, redact, controls
         self.batch, self.linger_s = batch, linger_s
         self._q: queue.Queue[FinishedRequest | None] = queue.Queue(maxsize=capacity)
         self.written = 0
+        self.skipped_paused = 0
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
@@ -70,6 +72,9 @@ class StoreSink:
                     break
             stop = any(i is None for i in items)
             rows = [r for i in items if i is not None and (r := self._row(i)) is not None]
+            if rows and self.controls is not None and self.controls.paused():
+                self.skipped_paused += len(rows)  # distillation is paused: nothing is captured
+                rows = []
             while rows:
                 try:
                     self.written += self.store.enqueue(rows)

@@ -16,6 +16,7 @@ from services.debate.engine import DebateEngine
 from services.debate.metrics import DebateMetrics
 from services.debate.student_agent import ServeStudentAgent, TrafficGate
 from services.debate.worker import DebateWorker
+from services.store.controls import Controls
 from services.store.db import Database
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
@@ -39,7 +40,7 @@ class DebateDeployment:
         self.metrics = DebateMetrics(self.store)
         engine = DebateEngine(agent, build_teachers(cfg, teachers_url), cfg, self.store,
                               budget=BlockBudget(tokenizer.tok), observer=self.metrics)
-        self.worker = DebateWorker(engine, self.store, cfg)
+        self.worker = DebateWorker(engine, self.store, cfg, controls=Controls(self.store.db))
         self._task = asyncio.create_task(self.worker.run_forever())
 
     def metrics_text(self) -> bytes:

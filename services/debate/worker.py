@@ -17,14 +17,16 @@ import uuid
 
 from services.config import DebateConfig
 from services.debate.engine import DebateEngine, DebateInput
+from services.store.controls import Controls
 from services.store.mags import CaptureItem, MagStore
 
 log = logging.getLogger(__name__)
 
 
 class DebateWorker:
-    def __init__(self, engine: DebateEngine, store: MagStore, cfg: DebateConfig, owner: str | None = None) -> None:
-        self.engine, self.store, self.cfg = engine, store, cfg
+    def __init__(self, engine: DebateEngine, store: MagStore, cfg: DebateConfig, owner: str | None = None,
+                 controls: Controls | None = None) -> None:
+        self.engine, self.store, self.cfg, self.controls = engine, store, cfg, controls
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running: dict[int, asyncio.Task[None]] = {}
         self.finished = 0
@@ -42,7 +44,8 @@ class DebateWorker:
                     if requeued or failed:
                         log.warning("reclaimed items of a stopped worker: %d re-queued, %d failed", requeued, failed)
                 free = self.cfg.concurrency - len(self.running)
-                if free > 0:
+                paused = self.controls is not None and await asyncio.to_thread(self.controls.paused)
+                if free > 0 and not paused:
                     for item in await asyncio.to_thread(self.store.claim, self.owner, free, self.cfg.lease_s):
                         self.running[item.id] = asyncio.create_task(self._debate(item))
             except Exception:  # the store is unreachable for a moment: serving goes on, so do we

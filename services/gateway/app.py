@@ -36,10 +36,12 @@ from services.gateway.protocol import (
 from services.gateway.serving_adapters import AdapterService
 from services.gateway.serving_chat import ChatServing
 from services.gateway.serving_completions import CompletionServing
+from services.gateway.serving_distillation import DistillationService
 from services.gateway.serving_feedback import FeedbackService
 from services.gateway.serving_jobs import JobsService
 from services.gateway.student_client import StudentClient
 from services.registry import AdapterRegistry
+from services.store.controls import Controls
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
 
@@ -86,6 +88,7 @@ def build_app(
     store: MagStore | None = None,
     extra_metrics: list[Callable[[], Awaitable[bytes]]] | None = None,
     jobs: JobsService | None = None,
+    controls: Controls | None = None,
     echo_request_id: bool = True,
 ) -> FastAPI:
     """`store`: the capture queue, for /v1/feedback. `extra_metrics`: more exposition appended to /metrics (the
@@ -101,6 +104,7 @@ def build_app(
     adapters = AdapterService(registry, student, metrics)
     feedback = FeedbackService(store)
     jobs = jobs or JobsService(None, None)
+    distillation = DistillationService(controls)
     app.state.metrics, app.state.generation = metrics, generation
     limit = settings.server.max_body_bytes
 
@@ -220,6 +224,18 @@ def build_app(
     @app.post("/admin/jobs/{job_id}/cancel", dependencies=[admin])
     async def cancel_job(job_id: int) -> Response:
         return _respond(await jobs.cancel(job_id))
+
+    @app.get("/admin/distillation", dependencies=[admin])
+    async def distillation_state() -> Response:
+        return _respond(await distillation.state())
+
+    @app.post("/admin/distillation/pause", dependencies=[admin])
+    async def pause_distillation(body: PromoteRequest | None = None) -> Response:
+        return _respond(await distillation.pause(body.reason if body else None))
+
+    @app.post("/admin/distillation/resume", dependencies=[admin])
+    async def resume_distillation(body: PromoteRequest | None = None) -> Response:
+        return _respond(await distillation.resume(body.reason if body else None))
 
     # ---- operations -------------------------------------------------------------------------------------
     @app.get("/health")

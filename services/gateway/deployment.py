@@ -14,6 +14,7 @@ from services.gateway.app import build_app
 from services.gateway.serving_jobs import JobsService
 from services.gateway.student_client import RayStudentClient
 from services.registry import AdapterRegistry
+from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
@@ -43,9 +44,10 @@ class GatewayDeployment:
         store = sink = None
         db = Database(settings.db_url)
         db.create_all()
+        controls = Controls(db)
         if settings.capture.enabled:
             store = MagStore(db)
-            sink = self._sink = StoreSink(store, build_redactor(settings.capture))
+            sink = self._sink = StoreSink(store, build_redactor(settings.capture), controls=controls)
         self._app = build_app(
             settings,
             student=RayStudentClient(student),
@@ -55,6 +57,7 @@ class GatewayDeployment:
             store=store,
             extra_metrics=[h.metrics_text.remote for h in (debate, scheduler) if h is not None],
             jobs=JobsService(JobStore(db), RaySchedulerClient(scheduler)) if scheduler is not None else None,
+            controls=controls,
             echo_request_id=False,  # Ray Serve's proxy sets x-request-id (the client's, or a new uuid)
         )
 

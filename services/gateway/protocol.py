@@ -189,6 +189,8 @@ class UnloadLoRARequest(BaseModel):
 
 
 class PromoteRequest(BaseModel):
+    """Body of the admin actions that are recorded with a reason (promote, rollback, pause, resume)."""
+
     reason: str | None = None
 
 

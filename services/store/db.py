@@ -38,9 +38,17 @@ class Database:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @staticmethod
+    def describe(url: str) -> str:
+        """The URL without its password, for logs and CLI output."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+
     def create_all(self) -> None:
         # Import the table modules so they register on Base.metadata.
         import services.store.adapters
+        import services.store.controls
         import services.store.debates
         import services.store.jobs  # noqa: F401
 

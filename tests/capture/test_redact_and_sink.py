@@ -8,6 +8,7 @@ from services.capture.policy import FinishedRequest
 from services.capture.redact import build_redactor, default_redactor
 from services.capture.sink import StoreSink
 from services.config import CaptureConfig
+from services.store.controls import Controls
 
 
 def test_default_redaction_masks_emails_and_long_digit_runs_but_keeps_arithmetic():
@@ -34,3 +35,19 @@ def test_the_sink_redacts_and_queues_the_last_user_message(store):
     [claimed] = store.claim("w", 1, 60)
     assert claimed.question == "Call [NUMBER]: what is 2 + 2?" and claimed.request_id == "r1"
     assert store.add_label("chatcmpl-1", "4") == ("queued", "r1")  # the completion id finds the item
+
+
+def test_nothing_is_captured_while_distillation_is_paused(store):
+    controls = Controls(store.db)
+    controls.pause("incident")
+    sink = StoreSink(store, default_redactor(7), linger_s=0.01, controls=controls)
+    sink.offer(FinishedRequest("r1", "chat", "student", "base", {"messages": [{"role": "user", "content": "hi"}]},
+                               ["hello"], 1, 1, 0.1))
+    sink.close()
+    assert store.queue_counts() == {} and sink.skipped_paused == 1
+    controls.resume()
+    sink = StoreSink(store, default_redactor(7), linger_s=0.01, controls=controls)
+    sink.offer(FinishedRequest("r2", "chat", "student", "base", {"messages": [{"role": "user", "content": "hi"}]},
+                               ["hello"], 1, 1, 0.1))
+    sink.close()
+    assert store.queue_counts() == {"queued": 1}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from sqlalchemy import update
 
 from services.debate.engine import DebateEngine
 from services.debate.worker import DebateWorker
+from services.store.controls import Controls
 from services.store.debates import CaptureRow, utcnow
 from services.tasks.arithmetic import generate
 from tests.debate.conftest import agent, debate_config, reference_agents
@@ -39,3 +41,16 @@ async def test_worker_debates_every_queued_request_and_a_dead_workers_item_is_re
     # Two exact teachers agree with accepted rationales: pseudo-gold, usable, student wrong.
     assert all(m.gold_source == "pseudo" and m.usable and m.student_correct_first is False for m in done)
     assert store.usable_since(None)[0].nodes  # the training loop's query returns whole graphs
+
+
+async def test_a_paused_worker_claims_nothing(store):
+    store.enqueue([{"request_id": "r0", "question": PROBLEMS[0].question, "messages": []}])
+    controls = Controls(store.db, cache_s=0)
+    controls.pause("budget")
+    worker = DebateWorker(None, store, debate_config(poll_s=0.05), owner="w1", controls=controls)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run_forever(stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await loop
+    assert store.queue_counts() == {"queued": 1} and not worker.running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,6 +13,7 @@ from sqlalchemy import update
 
 from services.config import Settings
 from services.scheduler.scheduler import TrainingScheduler
+from services.store.controls import Controls
 from services.store.db import Database
 from services.store.debates import DebateRow, utcnow
 from services.store.jobs import JobRow, JobRunning, JobStore
@@ -93,3 +95,28 @@ def test_jobs_store_sees_the_debate_rows(parts) -> None:
         s.execute(update(DebateRow).values(finished_at=utcnow() - timedelta(hours=1)))
     assert mags.count_usable_since(utcnow() - timedelta(minutes=5)) == 0
     assert mags.count_usable_since(None) == 1
+
+
+def test_cron_trigger_starts_nothing_without_fresh_mags(tmp_path) -> None:
+    """`distillery train --once --if-due` is what the chart's RayCronJob runs: an idle service is not retrained."""
+    env = {**os.environ, "DISTILLERY_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once", "--if-due"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "nothing to train on, no job started" in out.stdout
+    db = Database(f"sqlite:///{tmp_path / 'distillery.db'}")
+    assert JobStore(db).list(10) == []
+
+
+def test_a_paused_loop_starts_no_cycle_by_itself(parts) -> None:
+    settings, jobs, mags = parts
+    controls = Controls(jobs.db, cache_s=0)
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", launcher=child("pass"), controls=controls)
+    for _ in range(3):
+        usable_mag(mags)
+    controls.pause("maintenance")
+    sched.poll()
+    assert jobs.list(10) == []  # due, but paused
+    controls.resume()
+    sched.poll()
+    assert [j.trigger for j in jobs.list(10)] == ["schedule"]

@@ -1,4 +1,4 @@
-"""The jobs table on a real SQLite file: one running cycle at a time, and dead jobs recorded as failed."""
+"""The jobs table on real SQLite and Postgres: one running cycle at a time, and dead jobs recorded as failed."""
 
 from __future__ import annotations
 
@@ -15,25 +15,25 @@ from services.store.jobs import JobRow, JobRunning, JobStore
 
 
 @pytest.fixture
-def jobs(tmp_path) -> JobStore:
-    db = Database(f"sqlite:///{tmp_path / 'd.db'}")
+def jobs(db_url: str) -> JobStore:
+    db = Database(db_url)
     db.create_all()
     return JobStore(db)
 
 
-def test_the_database_allows_one_running_job(jobs: JobStore, tmp_path) -> None:
+def test_the_database_allows_one_running_job(jobs: JobStore, db_url: str) -> None:
     first = jobs.start("api")
     with pytest.raises(JobRunning) as e:
         jobs.start("schedule")
     assert e.value.job_id == first
-    other = JobStore(Database(f"sqlite:///{tmp_path / 'd.db'}"))  # another process's view of the same file
+    other = JobStore(Database(db_url))  # another process's view of the same database
     with pytest.raises(JobRunning):
         other.start("cli")
     jobs.finish(first, status="succeeded", outcome="promoted", reason="better")
     jobs.finish(first, status="failed", outcome="failed", error="late")  # an ended job keeps its first ending
     assert jobs.get(first).outcome == "promoted"  # type: ignore[union-attr]
     second = other.start("cli")
-    assert second == first + 1 and jobs.running().id == second  # type: ignore[union-attr]
+    assert second > first and jobs.running().id == second  # type: ignore[union-attr]  # (Postgres skips ids)
     assert jobs.counts() == {"promoted": 1, "running": 1}
 
 
