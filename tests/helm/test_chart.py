@@ -1,0 +1,206 @@
+"""helm/distillery checked without a cluster, with real tools from the registries.
+
+Rendering and linting use Helm's own engine (helm-python-sdk embeds libhelm, Helm v4: the same template engine,
+Sprig functions and values.schema.json validation as the `helm` binary). The rendered objects are checked with
+kubernetes-validate (the Kubernetes OpenAPI schemas, unknown fields rejected); the custom resources' pod
+templates against the Pod schema and their own fields against tests/helm/crd_schemas.py; the generated
+Distillery config against the typed config; the Serve config against Ray Serve's own schema; the
+PrometheusRule with promtool.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import Chart, lint
+from helm_python.errors import HelmError
+from ray.serve.schema import ServeDeploySchema
+
+from services.config import Settings
+from tests.deploy.prom import binary
+from tests.helm.crd_schemas import schema_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "distillery"
+K8S_VERSION = "1.30.0"
+GPU = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "gpu": GPU,
+    "cron-on-cpu-with-servicemonitor": {"training": {"trigger": "rayCronJob"},
+                                        "monitoring": {"podMonitor": {"enabled": False},
+                                                       "serviceMonitor": {"enabled": True}}},
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = Chart.load(CHART).render(values, name="prod", namespace="ml")
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {})
+    cluster = spec.get("rayClusterConfig") or spec.get("jobTemplate", {}).get("rayClusterSpec")
+    if cluster is None:
+        return []
+    return [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster.get("workerGroupSpecs", []))]
+
+
+def config_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    return yaml.safe_load(cm["data"]["config.yaml"])
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def rendered(request) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(VARIANTS[request.param])
+
+
+# ---- values and schema ------------------------------------------------------------------------------------------
+def test_schema_accepts_both_values_files() -> None:
+    chart = Chart.load(CHART)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for values in (defaults, chart.merge_values(GPU)):
+        jsonschema.validate(values, schema)  # the schema as a plain JSON Schema validator reads it
+    chart.validate_schema({})  # and as Helm applies it, to the values merged over the defaults
+    chart.validate_schema(GPU)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"training": {"trigger": "cron"}}, "/training/trigger"),
+    ({"ray": {"worker": {"gpus": 1}}}, "/image/flavor"),  # GPUs with the CPU image
+    ({"storage": {"persistence": {"size": "lots"}}}, "/storage/persistence/size"),
+    ({"teachers": {"endpoints": [{"name": "t", "model": "m"}]}}, "secretName"),
+    ({"replicas": 3}, "replicas"),  # not a key of this chart
+])
+def test_schema_rejects_bad_values_with_the_key(bad: dict[str, Any], why: str) -> None:
+    with pytest.raises(HelmError) as e:
+        Chart.load(CHART).validate_schema(bad)
+    assert why in str(e.value)
+
+
+def test_helm_lint_is_clean_for_both_values_files() -> None:
+    for values in ({}, GPU):
+        report = lint(CHART, values, strict=True, kube_version=f"v{K8S_VERSION}")
+        assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+# ---- every rendered object --------------------------------------------------------------------------------------
+def test_every_object_is_valid_kubernetes(rendered) -> None:
+    _, docs = rendered
+    assert docs
+    for doc in docs:
+        kind, api = doc["kind"], doc["apiVersion"]
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        crd = schema_for(api, kind)
+        if crd is None:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            continue
+        jsonschema.validate(doc, crd)
+        for tmpl in pod_templates(doc):
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", **tmpl["metadata"]},
+                   "spec": tmpl["spec"]}
+            kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_the_expected_objects_exist(rendered) -> None:
+    name, docs = rendered
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("RayService") == 1 and "PersistentVolumeClaim" in kinds and "PrometheusRule" in kinds
+    assert ("RayCronJob" in kinds) == (name != "default")
+    assert ("ServiceMonitor" in kinds) == (name == "cron-on-cpu-with-servicemonitor")
+    assert ("PodMonitor" in kinds) == (name != "cron-on-cpu-with-servicemonitor")
+
+
+def test_distillery_config_is_accepted_by_the_typed_config(rendered) -> None:
+    name, docs = rendered
+    cfg = config_of(docs)
+    settings = Settings(**cfg)
+    assert str(settings.data_dir) == "/var/lib/distillery"
+    assert settings.server.internal_url == "http://prod-distillery-serve-svc.ml.svc:8000"
+    assert settings.training.enabled == (name == "default")  # the cron job, not the service, triggers
+
+
+def test_serve_config_is_valid_and_its_applications_import(rendered) -> None:
+    _, docs = rendered
+    (svc,) = by_kind(docs, "RayService")
+    serve = ServeDeploySchema.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"]))
+    assert serve.proxy_location == "HeadOnly"
+    for app in serve.applications:
+        module, attr = app.import_path.split(":")
+        assert callable(getattr(importlib.import_module(module), attr)), app.import_path
+
+
+def test_every_pod_reads_the_same_config_and_shared_volume(rendered) -> None:
+    _, docs = rendered
+    templates = [t for d in docs for t in pod_templates(d)]
+    assert len(templates) >= 2
+    claims = {v["persistentVolumeClaim"]["claimName"] for t in templates for v in t["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims == {"prod-distillery-data"}  # adapters published by any job are readable by every replica
+    for t in templates:
+        (c,) = t["spec"]["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["DISTILLERY_CONFIG"]["value"] == "/etc/distillery/config.yaml"
+        assert t["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+# ---- the GPU values file -----------------------------------------------------------------------------------------
+def test_gpu_values_put_the_student_and_training_on_gpus_and_read_secrets() -> None:
+    docs = render(GPU)
+    (svc,) = by_kind(docs, "RayService")
+    (worker,) = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (c,) = worker["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["image"].endswith(":0.1.0-gpu")
+    (cron,) = by_kind(docs, "RayCronJob")
+    (trainer,) = cron["spec"]["jobTemplate"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert trainer["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--if-due" in cron["spec"]["jobTemplate"]["entrypoint"]
+    cfg = config_of(docs)
+    assert cfg["student"]["num_gpus"] == 1 and cfg["training"]["use_gpu"] is True
+    assert [t["base_url_env"] for t in cfg["debate"]["teachers"]] == ["DISTILLERY_TEACHER_0_URL",
+                                                                       "DISTILLERY_TEACHER_1_URL"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DISTILLERY_TEACHER_0_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "distillery-teachers",
+                                                                           "key": "teacher-a-key"}
+    assert env["DISTILLERY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "distillery-postgres"
+    assert "value" not in env["DISTILLERY_SERVER__ADMIN_KEY"]  # from the Secret, never inline
+    apps = [a["name"] for a in yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]]
+    assert apps == ["distillery"]  # real teachers: no built-in reference teachers application
+
+
+# ---- monitoring objects are the repository's files ------------------------------------------------------------
+def test_prometheus_rule_is_deploy_prometheus_rules_and_passes_promtool(tmp_path) -> None:
+    (rule,) = by_kind(render({}), "PrometheusRule")
+    files = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+    expected = [g for f in files for g in yaml.safe_load(f.read_text())["groups"]]
+    assert sorted(rule["spec"]["groups"], key=lambda g: g["name"]) == sorted(expected, key=lambda g: g["name"])
+    out = tmp_path / "rules.yml"
+    out.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run([binary("promtool"), "check", "rules", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dashboard_configmap_is_the_generated_dashboard() -> None:
+    (cm,) = [d for d in by_kind(render({}), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["distillery.json"]) == json.loads(
+        (ROOT / "deploy" / "grafana" / "distillery.json").read_text())
