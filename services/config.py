@@ -356,6 +356,28 @@ class TrainingConfig(BaseModel):
         return self.torch_threads or max(1, int(self.cpus_per_worker))
 
 
+class StorageConfig(BaseModel):
+    """Where published adapter versions live. Default: `<data_dir>/adapters`, shared by every replica through the
+    data directory (a ReadWriteMany volume on Kubernetes)."""
+
+    adapters_url: str | None = Field(
+        None, description="`s3://bucket/prefix`: publish versions to an S3-compatible object store instead; each "
+        "replica downloads a version once into `<data_dir>/adapter-cache`. Credentials from AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible store (e.g. http://minio:9000); unset: AWS S3."
+    )
+    s3_region: str = Field("us-east-1", description="Region sent to the object store.")
+
+    @field_validator("adapters_url")
+    @classmethod
+    def _s3_only(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("s3://") and len(v) > len("s3://")):
+            raise ValueError(f"adapters_url must look like s3://bucket/prefix, got {v!r} (unset it for the data dir)")
+        return v.rstrip("/") if v else v
+
+
 class RayConfig(BaseModel):
     address: str | None = Field(None, description="Existing Ray cluster address; unset starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all cores).")
@@ -377,6 +399,7 @@ class Settings(BaseSettings):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     debate: DebateConfig = Field(default_factory=DebateConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -423,6 +446,11 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @property
+    def adapter_cache_dir(self) -> Path:
+        """Local copies of versions published to an object store (storage.adapters_url)."""
+        return self.data_dir / "adapter-cache"
 
     @property
     def jobs_dir(self) -> Path:

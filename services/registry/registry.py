@@ -1,16 +1,15 @@
 """AdapterRegistry: publish immutable adapter versions, resolve model names, promote and roll back.
 
-Versions are `student@v1`, `student@v2`, ...: each is a copy of the adapter folder under
-`<data_dir>/adapters/student@vN`, never overwritten, so any replica can load any version and no replica ever
-serves a stale adapter under a reused name. The promoted version is derived by replaying the append-only
-promotion log (promote pushes, rollback pops), so there is no second copy of that state to drift.
+Versions are `student@v1`, `student@v2`, ...: each is a copy of the adapter folder under `<data_dir>/adapters/
+student@vN` (or `s3://.../student@vN`, services/registry/storage.py), never overwritten, so any replica can load
+any version and no replica ever serves a stale adapter under a reused name. The promoted version is derived by
+replaying the append-only promotion log (promote pushes, rollback pops), so there is no second copy of that state
+to drift.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from services.registry.storage import AdapterStorage, LocalStorage, storage_from_settings
 from services.registry.validate import AdapterInvalid, validate_adapter
 from services.store.adapters import AdapterRow, PromotionRow
 from services.store.db import Database
@@ -63,7 +63,7 @@ class AdapterRegistry:
     def __init__(
         self,
         db: Database,
-        adapters_dir: Path,
+        storage: Path | AdapterStorage,
         *,
         served_name: str,
         base_model: str,
@@ -71,7 +71,7 @@ class AdapterRegistry:
         max_rank: int,
     ) -> None:
         self.db = db
-        self.adapters_dir = adapters_dir
+        self.storage = LocalStorage(storage) if isinstance(storage, Path) else storage
         self.served_name = served_name
         self.base_model = base_model
         self.base_model_dir = base_model_dir
@@ -86,7 +86,7 @@ class AdapterRegistry:
         local = Path(model_path)
         return cls(
             db,
-            settings.adapters_dir,
+            storage_from_settings(settings),
             served_name=settings.student.served_name,
             base_model=base_id,
             base_model_dir=local if local.is_dir() else None,
@@ -133,33 +133,29 @@ class AdapterRegistry:
             raise AdapterInvalid(f"label {label!r} collides with the reserved names {self.served_name}[@vN]")
         if label is not None and self._find_label(label) is not None:
             raise RegistryError(f"an adapter labelled {label!r} is already registered")
-        self.adapters_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.adapters_dir / f".staging-{uuid.uuid4().hex}"
-        shutil.copytree(src, staging)
-        try:
-            with self.db.session() as s:
-                number = (s.scalar(select(func.max(AdapterRow.number))) or 0) + 1
-                dest = self.adapters_dir / self.version_name(number)
-                if dest.exists():  # left by a crashed publish whose row never committed
-                    shutil.rmtree(dest)
-                staging.rename(dest)
-                row = AdapterRow(
-                    number=number,
-                    label=label,
-                    path=str(dest),
-                    base_model=self.base_model,
-                    rank=info.rank,
-                    target_modules=info.target_modules,
-                    status="registered",
-                    metrics=metrics or {},
-                    lineage=lineage or {},
-                    note=note,
-                )
-                s.add(row)
-                s.flush()
-                return self._to_version(row)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with self.db.session() as s:
+            number = (s.scalar(select(func.max(AdapterRow.number))) or 0) + 1
+            # Inside the transaction that takes the number: two publishers never write the same version.
+            location = self.storage.put(src, self.version_name(number))
+            row = AdapterRow(
+                number=number,
+                label=label,
+                path=location,
+                base_model=self.base_model,
+                rank=info.rank,
+                target_modules=info.target_modules,
+                status="registered",
+                metrics=metrics or {},
+                lineage=lineage or {},
+                note=note,
+            )
+            s.add(row)
+            s.flush()
+            return self._to_version(row)
+
+    def local_path(self, version: AdapterVersion) -> Path:
+        """A local folder with the version's files (downloaded once per replica from an object store)."""
+        return self.storage.local(version.path, version.name)
 
     def update(self, name: str, *, metrics: dict[str, Any] | None = None, note: str | None = None) -> AdapterVersion:
         """Merge metrics into a version's record (e.g. evaluation results) and/or set its note."""

@@ -14,7 +14,6 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from services.config import Settings
@@ -116,19 +115,22 @@ class StudentEngine:
             return Failed(400, "LoRA is disabled (student.enable_lora=false)", "lora_name", "lora_disabled")
         t0 = time.monotonic()
         try:  # files may have changed since publish: check again, it costs milliseconds
-            await asyncio.to_thread(self.registry.validate, Path(version.path))
+            local = await asyncio.to_thread(self.registry.local_path, version)
+            await asyncio.to_thread(self.registry.validate, local)
         except AdapterInvalid as e:
             return Failed(400, f"adapter {version.name} is invalid: {e}", "lora_name", "invalid_adapter")
+        except OSError as e:  # the object store or the volume cannot give us the files
+            return Failed(503, f"adapter {version.name} is unavailable: {e}", "lora_name", "adapter_unavailable")
         if (victim := self.slots.evictable()) is not None:
             await self._remove_locked(victim)
         from vllm.lora.request import LoRARequest
 
         try:
-            await self.engine.add_lora(LoRARequest(version.name, version.number, version.path))
+            await self.engine.add_lora(LoRARequest(version.name, version.number, str(local)))
         except Exception as e:
             log.exception("vLLM refused adapter %s", version.name)
             return Failed(400, f"vLLM could not load adapter {version.name}: {e}", "lora_name", "invalid_adapter")
-        self.slots.add(Loaded(version.name, version.number, version.path))
+        self.slots.add(Loaded(version.name, version.number, str(local)))
         seconds = time.monotonic() - t0
         log.info("loaded %s in %.3fs", version.name, seconds)
         return LoadResult(version.name, seconds)

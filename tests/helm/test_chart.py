@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cron-on-cpu-with-servicemonitor": {"training": {"trigger": "rayCronJob"},
                                         "monitoring": {"podMonitor": {"enabled": False},
                                                        "serviceMonitor": {"enabled": True}}},
+    "s3-adapters": {"storage": {"s3": {"url": "s3://models/distillery", "endpoint": "http://minio.minio.svc:9000",
+                                       "existingSecret": "distillery-s3"}}},
 }
 
 
@@ -90,6 +92,7 @@ def test_schema_accepts_both_values_files() -> None:
     ({"storage": {"persistence": {"size": "lots"}}}, "/storage/persistence/size"),
     ({"teachers": {"endpoints": [{"name": "t", "model": "m"}]}}, "secretName"),
     ({"replicas": 3}, "replicas"),  # not a key of this chart
+    ({"storage": {"s3": {"url": "/mnt/adapters"}}}, "/storage/s3/url"),
 ])
 def test_schema_rejects_bad_values_with_the_key(bad: dict[str, Any], why: str) -> None:
     with pytest.raises(HelmError) as e:
@@ -125,7 +128,7 @@ def test_the_expected_objects_exist(rendered) -> None:
     name, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
     assert kinds.count("RayService") == 1 and "PersistentVolumeClaim" in kinds and "PrometheusRule" in kinds
-    assert ("RayCronJob" in kinds) == (name != "default")
+    assert ("RayCronJob" in kinds) == (name in {"gpu", "cron-on-cpu-with-servicemonitor"})
     assert ("ServiceMonitor" in kinds) == (name == "cron-on-cpu-with-servicemonitor")
     assert ("PodMonitor" in kinds) == (name != "cron-on-cpu-with-servicemonitor")
 
@@ -136,7 +139,8 @@ def test_distillery_config_is_accepted_by_the_typed_config(rendered) -> None:
     settings = Settings(**cfg)
     assert str(settings.data_dir) == "/var/lib/distillery"
     assert settings.server.internal_url == "http://prod-distillery-serve-svc.ml.svc:8000"
-    assert settings.training.enabled == (name == "default")  # the cron job, not the service, triggers
+    assert settings.training.enabled == (name in {"default", "s3-adapters"})  # else the cron job triggers
+    assert settings.storage.adapters_url == ("s3://models/distillery" if name == "s3-adapters" else None)
 
 
 def test_serve_config_is_valid_and_its_applications_import(rendered) -> None:
@@ -204,3 +208,12 @@ def test_dashboard_configmap_is_the_generated_dashboard() -> None:
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["distillery.json"]) == json.loads(
         (ROOT / "deploy" / "grafana" / "distillery.json").read_text())
+
+
+def test_s3_credentials_come_from_their_secret() -> None:
+    docs = render(VARIANTS["s3-adapters"])
+    for t in [t for d in docs for t in pod_templates(d)]:
+        env = {e["name"]: e for e in t["spec"]["containers"][0]["env"]}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "distillery-s3",
+                                                                             "key": "AWS_SECRET_ACCESS_KEY"}
+    assert config_of(docs)["storage"]["s3_endpoint_url"] == "http://minio.minio.svc:9000"

@@ -79,6 +79,6 @@ def test_promote_rollback_is_a_stack_replayed_from_the_log(registry, codeword_ad
 def test_a_second_process_sees_the_same_state(registry, codeword_adapters, tmp_path, model_dir):
     registry.publish(codeword_adapters["ALPHA-7"])
     registry.promote("student@v1")
-    other = AdapterRegistry(Database(registry.db.url), registry.adapters_dir, served_name="student",
+    other = AdapterRegistry(Database(registry.db.url), registry.storage, served_name="student",
                             base_model="base", base_model_dir=Path(model_dir), max_rank=16)
     assert other.promoted().name == "student@v1"

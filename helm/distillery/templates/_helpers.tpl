@@ -60,6 +60,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $server := dict "host" "0.0.0.0" "port" 8000 "internal_url" (include "distillery.internalUrl" .) -}}
 {{- $_ := set $cfg "server" (merge $server (default dict $cfg.server)) -}}
 {{- $_ := set $cfg "data_dir" .Values.storage.mountPath -}}
+{{- with .Values.storage.s3 }}{{ if .url }}
+{{- $_ := set $cfg "storage" (dict "adapters_url" .url "s3_endpoint_url" (.endpoint | default nil) "s3_region" .region) -}}
+{{- end }}{{ end -}}
 {{- $student := default dict $cfg.student -}}
 {{- $_ := set $student "num_gpus" (ternary 1 0 (gt (int .Values.ray.worker.gpus) 0)) -}}
 {{- $_ := set $cfg "student" $student -}}
@@ -104,6 +107,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: DISTILLERY_SERVER__API_KEYS
   valueFrom:
     secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: api-keys, optional: true}
+{{- end }}
+{{- if and .Values.storage.s3.url .Values.storage.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.storage.s3.existingSecret }}, key: AWS_ACCESS_KEY_ID}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.storage.s3.existingSecret }}, key: AWS_SECRET_ACCESS_KEY}
 {{- end }}
 {{- range $i, $t := .Values.teachers.endpoints }}
 - name: {{ printf "DISTILLERY_TEACHER_%d_URL" $i }}
