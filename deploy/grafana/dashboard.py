@@ -69,7 +69,7 @@ ROWS = [
         Panel("Requests per second by status", [q(f"sum by (status) (rate(distillery_requests_total[{RATE}]))",
                                                   "{{status}}")], "reqps", stack=True,
               description="Finished generation requests through the OpenAI-compatible API."),
-        Panel("Server error ratio", [q(f'sum(rate(distillery_requests_total{{status=~"5.."}}[{RATE}])) '
+        Panel("Server error ratio", [q(f'(sum(rate(distillery_requests_total{{status=~"5.."}}[{RATE}])) or vector(0)) '
                                        f"/ sum(rate(distillery_requests_total[{RATE}]))", "5xx share")],
               "percentunit", max=1, description="5xx among all finished requests (the alert fires above 5%)."),
         Panel("Requests in flight", [q("sum(distillery_requests_in_flight)", "in flight")]),
@@ -113,9 +113,11 @@ ROWS = [
                                               "{{agent}} {{type}}")], stack=True),
         Panel("Teacher cost (USD per hour)", [q(f"sum by (agent) (rate(distillery_teacher_cost_usd_total[{RATE}]))"
                                                 " * 3600", "{{agent}}")], "currencyUSD", stack=True),
-        Panel("Teacher failure ratio", [q(f'sum by (agent) (rate(distillery_teacher_requests_total{{outcome="error"}}'
-                                          f"[{RATE}])) / sum by (agent) (rate(distillery_teacher_requests_total"
-                                          f"[{RATE}]))", "{{agent}}")], "percentunit", max=1),
+        Panel("Teacher failure ratio", [q(
+            # `or 0 * total`: a teacher with no failures shows 0, not "no data".
+            f'(sum by (agent) (rate(distillery_teacher_requests_total{{outcome="error"}}[{RATE}])) or 0 * sum by '
+            f"(agent) (rate(distillery_teacher_requests_total[{RATE}]))) / sum by (agent) "
+            f"(rate(distillery_teacher_requests_total[{RATE}]))", "{{agent}}")], "percentunit", max=1),
         Panel("Teacher latency p99", [q(f"histogram_quantile(0.99, sum by (le, agent) "
                                         f"(rate(distillery_teacher_latency_seconds_bucket[{RATE}])))", "{{agent}}")],
               "s"),

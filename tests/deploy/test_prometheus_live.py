@@ -62,8 +62,9 @@ def traffic(svc: Service) -> None:
                                             messages=[{"role": "user", "content": "Say hi."}])
     assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
     client.completions.create(model="student", prompt="2 + 2 =", max_tokens=4)
-    with pytest.raises(openai.BadRequestError):  # a 4xx series: clients' errors must not read as an outage
-        client.chat.completions.create(model="student", messages=[], max_tokens=4)
+    with pytest.raises(openai.NotFoundError):  # a 4xx series: clients' errors must not read as an outage
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,8 @@ def test_core_panels_and_recordings_have_data(scraped) -> None:
     assert not empty, f"panels with no data after traffic and a debate: {empty}"
     assert not [r for r in RECORDINGS_WITH_DATA if not prom.query(r)]
     by_status = {s["metric"]["status"] for s in prom.query('sum by (status) (distillery_requests_total)')}
-    assert {"200", "400"} <= by_status
-    assert float(prom.query("distillery:request_errors:ratio_rate5m")[0]["value"][1]) == 0.0  # 400s don't count
+    assert {"200", "404"} <= by_status
+    assert float(prom.query("distillery:request_errors:ratio_rate5m")[0]["value"][1]) == 0.0  # 404s don't count
 
 
 def test_rules_evaluate_and_nothing_alerts_on_a_healthy_service(scraped) -> None:

@@ -217,3 +217,37 @@ def test_s3_credentials_come_from_their_secret() -> None:
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "distillery-s3",
                                                                              "key": "AWS_SECRET_ACCESS_KEY"}
     assert config_of(docs)["storage"]["s3_endpoint_url"] == "http://minio.minio.svc:9000"
+
+
+def test_every_value_is_documented_in_the_chart_readme() -> None:
+    readme = (CHART / "README.md").read_text()
+    table = readme[readme.index("## Values"):readme.index("## How it fits together")]
+
+    def leaves(d: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            path = f"{prefix}{k}"
+            if isinstance(v, dict) and v and k not in {"resources", "labels", "annotations", "config",
+                                                       "podSecurityContext", "securityContext"}:
+                out += leaves(v, f"{path}.")
+            else:
+                out.append(path)
+        return out
+
+    documented = set()
+    for row in table.splitlines()[4:]:  # past the heading and the table header
+        if not row.startswith("| `"):
+            continue
+        names = [n.strip().strip("`") for n in row.split("|")[1].split(",")]
+        parent = names[0].rpartition(".")[0]
+        documented |= {f"{parent}{n}" if n.startswith(".") else n for n in names}
+
+    missing = [k for k in leaves(yaml.safe_load((CHART / "values.yaml").read_text())) if k not in documented]
+    assert not missing, f"values without a line in helm/distillery/README.md: {missing}"
+
+
+def test_pod_annotations_reach_every_ray_pod() -> None:
+    docs = render({"podAnnotations": {"secrets-rotated": "1700000000"}, "training": {"trigger": "rayCronJob"}})
+    templates = [t for d in docs for t in pod_templates(d)]
+    assert len(templates) == 4 and all(t["metadata"]["annotations"]["secrets-rotated"] == "1700000000"
+                                       for t in templates)

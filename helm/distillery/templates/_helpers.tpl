@@ -140,6 +140,7 @@ metadata:
     distillery.io/ray-node: {{ .node }}
   annotations:
     checksum/config: {{ include "distillery.config" $root | sha256sum }}
+    {{- with $root.Values.podAnnotations }}{{ toYaml . | nindent 4 }}{{ end }}
 spec:
   serviceAccountName: {{ include "distillery.serviceAccountName" $root }}
   {{- with $root.Values.imagePullSecrets }}
