@@ -2,6 +2,10 @@
 query of the Grafana dashboard and of the rules is valid and reads series the service exports, the core panels
 have data after real traffic and a real debate, every rule evaluates without error, and nothing alerts on a
 healthy service.
+
+The service is started the way the Helm chart's RayService starts it: Ray Serve runs the rendered `serveConfigV2`
+(import paths `services.launcher:serve_app` / `teachers_app`) with the rendered Distillery config, so the same run
+checks that the chart's Serve config serves the API.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import openai
 import pytest
 
 from services.tasks.arithmetic import generate
-from tests.conftest import Service, free_port, start_service, stop_service
+from tests.conftest import Service, free_port
 from tests.deploy.prom import (
     Prometheus,
     dashboard_expressions,
@@ -26,6 +30,7 @@ from tests.deploy.prom import (
     rule_expressions,
 )
 from tests.e2e.test_debate_service import DEBATE_ENV
+from tests.helm.chart import start_rendered_service, stop_rendered_service
 from tests.http_servers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +74,7 @@ def traffic(svc: Service) -> None:
 
 @pytest.fixture(scope="module")
 def scraped(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Prometheus]]:
-    svc = start_service(model_dir, tmp_path_factory.mktemp("observed"), DEBATE_ENV)
+    svc = start_rendered_service(model_dir, tmp_path_factory.mktemp("rayservice"), DEBATE_ENV)
     work = tmp_path_factory.mktemp("prometheus")
     try:
         config = loopback_config(svc.url.removeprefix("http://"), work)
@@ -81,7 +86,7 @@ def scraped(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             time.sleep(5)  # a few more scrapes and rule evaluations
             yield svc, prom
     finally:
-        stop_service(svc)
+        stop_rendered_service(svc)
 
 
 def as_instant(expr: str) -> str:
@@ -132,8 +137,11 @@ def test_rules_evaluate_and_nothing_alerts_on_a_healthy_service(scraped) -> None
     assert prom.query("ALERTS") == []
 
 
-def test_metrics_endpoint_answers_prometheus_text_format(scraped) -> None:
+def test_the_chart_serve_config_serves_the_api_the_teachers_and_metrics(scraped) -> None:
     svc, _ = scraped
+    models = httpx.get(f"{svc.url}/v1/models", timeout=30).json()
+    assert "student" in {m["id"] for m in models["data"]}
+    assert httpx.get(f"{svc.url}/teachers/ref-exact/v1/models", timeout=30).status_code == 200  # its own app
     r = httpx.get(f"{svc.url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
 

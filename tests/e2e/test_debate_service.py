@@ -24,7 +24,8 @@ from tests.http_servers import wait_for
 
 pytestmark = pytest.mark.e2e
 
-DEBATE_ENV = {
+DEBATE_ENV = {  # two rounds at most: these tests need finished debates, not long ones
+    "DISTILLERY_DEBATE__MAX_ROUNDS": "2",
     "DISTILLERY_STUDENT__MAX_MODEL_LEN": "2048",
     "DISTILLERY_DEBATE__STUDENT_SAMPLES": "1",
     "DISTILLERY_DEBATE__MAX_TOKENS": "96",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -26,10 +25,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from services.config import Settings
 from tests.deploy.prom import binary
+from tests.helm.chart import CHART, ROOT, by_kind, config_of, pod_templates, render
 from tests.helm.crd_schemas import schema_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "distillery"
 K8S_VERSION = "1.30.0"
 GPU = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -41,33 +39,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "s3-adapters": {"storage": {"s3": {"url": "s3://models/distillery", "endpoint": "http://minio.minio.svc:9000",
                                        "existingSecret": "distillery-s3"}}},
 }
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    manifests = Chart.load(CHART).render(values, name="prod", namespace="ml")
-    docs = []
-    for path, text in manifests.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = doc.get("spec", {})
-    cluster = spec.get("rayClusterConfig") or spec.get("jobTemplate", {}).get("rayClusterSpec")
-    if cluster is None:
-        return []
-    return [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster.get("workerGroupSpecs", []))]
-
-
-def config_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
-    return yaml.safe_load(cm["data"]["config.yaml"])
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
