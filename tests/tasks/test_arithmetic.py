@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.tasks.answers import equivalent, gsm8k_gold, kind_of, parse_final_answer
+from services.tasks.answers import answer_type_of, gsm8k_gold, read_answer, same_answer
 from services.tasks.arithmetic import fmt, generate, solve
 
 
@@ -33,12 +33,14 @@ def test_questions_outside_the_suite_are_not_solved(q):
 
 
 def test_final_answer_parsing_and_equivalence():
-    assert parse_final_answer("### Answer\nwork\nFinal answer: $1,200.").answer == "1,200"
-    assert parse_final_answer("Final answer: **B**").answer == "B"
-    assert parse_final_answer("Final answer: abstain").status == "abstained"
-    assert parse_final_answer("It is 42.").status == "unparsed"
-    assert equivalent("1200", "1,200") and equivalent("42 apples", "42") and equivalent("0.5", "1/2")
-    assert not equivalent("41", "42") and not equivalent(None, "42")
-    assert equivalent("(b)", "B") and not equivalent("C", "B")
-    assert equivalent("The Eiffel tower", "eiffel Tower") and kind_of("Paris") == "text"
+    assert read_answer("### Answer\nwork\nFinal answer: $1,200.", "number").answer == "1,200"
+    assert read_answer("Final answer: **B**", "choice").answer == "B"
+    assert read_answer("Final answer: **B**", "text").answer == "B"
+    assert read_answer("Final answer: abstain", "number").status == "abstained"
+    assert read_answer("It is 42.", "number").status == "unparsed"
+    assert same_answer("1200", "1,200", "number") and same_answer("42 apples", "42", "number")
+    assert same_answer("0.5", "1/2", "number")
+    assert not same_answer("41", "42", "number") and not same_answer(None, "42", "number")
+    assert same_answer("(b)", "B", "choice") and not same_answer("C", "B", "choice")
+    assert same_answer("The Eiffel tower", "eiffel Tower", "text") and answer_type_of("Paris") == "text"
     assert gsm8k_gold("so 5+5=10\n#### 1,010") == "1010"
