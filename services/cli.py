@@ -12,6 +12,8 @@
     distillery mags show ID [--json] [--full]     one debate, round by round
     distillery debate --dataset FILE.jsonl [--limit N]   batch debates over labelled data (service running)
     distillery teacher serve [--name N] [--error-rate R] ...   a reference teacher as an OpenAI endpoint
+    distillery teachers check [--json]    ask every configured teacher one question and one review; exit 1
+                                          unless every answer and score was read
     distillery tasks --split train|eval --n N     write the built-in arithmetic task suite as JSONL
     distillery train --once               run one training cycle now, in the foreground (service running)
     distillery train --api                ask the running service to start a cycle (POST /admin/train)
@@ -188,6 +190,21 @@ def cmd_teacher(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(build_teacher_app(teachers), host=args.host, port=args.port, log_level="warning")
 
 
+def cmd_teachers(args: argparse.Namespace, settings: Settings) -> None:
+    import asyncio
+
+    from services.launcher import teachers_url
+    from services.teachers.check import HEADER, check_configured, table_row
+
+    rows = asyncio.run(check_configured(settings, teachers_url(settings)))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(_table([table_row(r) for r in rows], HEADER))
+    if not all(r.passed for r in rows):
+        sys.exit(1)
+
+
 def cmd_tasks(args: argparse.Namespace, settings: Settings) -> None:
     from services.tasks.arithmetic import generate
 
@@ -216,7 +233,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     if args.if_due and Controls(db).paused():
         print("distillation is paused (distillery distillation resume): no job started")
         return
-    if args.if_due and fresh_mags(JobStore(db), MagStore(db)) == 0:
+    if args.if_due and fresh_mags(MagStore(db), JobStore(db).last()) == 0:
         print("no usable MAG finished since the last cycle started: nothing to train on, no job started")
         return
     try:
@@ -353,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8100)
     s.set_defaults(func=cmd_teacher)
+
+    s = sub.add_parser("teachers", help="check every configured teacher: one answer and one peer review, read")
+    s.add_argument("action", choices=["check"])
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_teachers)
 
     s = sub.add_parser("tasks", help="write the built-in arithmetic word problems as JSONL")
     s.add_argument("--split", choices=["train", "eval"], default="train")

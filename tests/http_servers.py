@@ -56,13 +56,15 @@ class Script:
     status: int = 200
     delay_s: float = 0.0
     raw: str | None = None  # a non-JSON body
+    finish_reason: str = "stop"  # "length": cut at max_tokens
 
 
-def completion(text: str, model: str = "scripted") -> dict[str, Any]:
+def completion(text: str, model: str = "scripted", finish_reason: str = "stop") -> dict[str, Any]:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 4),
                                       "total_tokens": 10 + max(1, len(text) // 4)},
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}]}
 
 
 def scripted_app(behave: Callable[[str], Script], calls: list[str] | None = None) -> FastAPI:
@@ -83,7 +85,7 @@ def scripted_app(behave: Callable[[str], Script], calls: list[str] | None = None
         if s.status != 200:
             return JSONResponse({"error": {"message": "scripted failure", "type": "server_error"}},
                                 status_code=s.status)
-        return JSONResponse(completion(s.text or "", body.get("model", "scripted")))
+        return JSONResponse(completion(s.text or "", body.get("model", "scripted"), s.finish_reason))
 
     return app
 

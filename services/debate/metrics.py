@@ -7,7 +7,11 @@ agree across replicas. The gateway's /metrics appends this exposition to its own
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from services.debate.agents import Agent, Reply
 from services.debate.engine import DebateResult
@@ -15,6 +19,20 @@ from services.store.mags import MagStore
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 QUEUE_STATES = ("queued", "running", "done", "failed")
+
+
+class _Overruled(Collector):
+    """Debates whose teachers' consensus a client label later contradicted, counted from the store at scrape time
+    (right after a restart, the same from every replica)."""
+
+    def __init__(self, store: MagStore | None) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.store is not None:
+            yield CounterMetricFamily("distillery_debate_consensus_overruled",
+                                      "Debates whose teachers' consensus a client label later contradicted.",
+                                      value=self.store.stats()["overruled"])
 
 
 class DebateMetrics:
@@ -28,12 +46,18 @@ class DebateMetrics:
                                 ["agent", "role", "kind", "outcome"], registry=r)
         self.errors = Counter("distillery_teacher_errors", "Failed agent calls by agent and error class.",
                               ["agent", "error"], registry=r)
+        self.misconfigured = Gauge("distillery_teacher_misconfigured",
+                                   "1 while the agent's endpoint refuses its requests with a 4xx (its configuration "
+                                   "needs fixing); 0 again after its next successful reply.", ["agent"], registry=r)
         self.latency = Histogram("distillery_teacher_latency_seconds", "Agent call latency, retries included.",
                                  ["agent"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("distillery_teacher_tokens", "Tokens used by agent and type.", ["agent", "type"],
                               registry=r)
         self.cost = Counter("distillery_teacher_cost_usd", "Estimated spend (configured prices).", ["agent"],
                             registry=r)
+        self.replies = Counter("distillery_teacher_replies", "Answer replies by agent and how they were read: ok "
+                               "(graded), unparsed, abstained, truncated (never graded).", ["agent", "status"],
+                               registry=r)
         self.reviews = Counter("distillery_peer_review_rationales", "Teacher rationales after peer review.",
                                ["result"], registry=r)
         self.queue = Gauge("distillery_capture_queue", "Capture queue items by state (from the store).",
@@ -42,6 +66,7 @@ class DebateMetrics:
                             registry=r)
         self.acceptance = Gauge("distillery_peer_review_acceptance_ratio",
                                 "Accepted / reviewed teacher rationales over all stored debates.", registry=r)
+        r.register(_Overruled(store))
         self.yield_wait = Counter("distillery_debate_yield_wait_seconds",
                                   "Time student turns waited for serving traffic to go idle.", registry=r)
         self.preempted = Counter("distillery_debate_preemptions", "Student turns aborted for serving traffic.",
@@ -54,11 +79,18 @@ class DebateMetrics:
         self.requests.labels(agent.name, agent.role, kind, outcome).inc()
         if reply.error:
             self.errors.labels(agent.name, reply.error.split(":")[0][:40]).inc()
+            if reply.error.startswith("misconfigured"):
+                self.misconfigured.labels(agent.name).set(1)
+        else:
+            self.misconfigured.labels(agent.name).set(0)
         self.latency.labels(agent.name).observe(reply.latency_s)
         self.tokens.labels(agent.name, "prompt").inc(reply.prompt_tokens)
         self.tokens.labels(agent.name, "completion").inc(reply.completion_tokens)
         if reply.cost_usd:
             self.cost.labels(agent.name).inc(reply.cost_usd)
+
+    def on_answer(self, agent: Agent, status: str) -> None:
+        self.replies.labels(agent.name, status).inc()
 
     def on_review(self, accepted: bool) -> None:
         self.reviews.labels("accepted" if accepted else "rejected").inc()
