@@ -77,7 +77,8 @@ def training_mags(store: MagStore, max_mags: int) -> list[Mag]:
 def datasets(settings: Settings, mags: list[Mag], encoder: Encoder, **build_kwargs: Any
              ) -> tuple[TrainingData, list[Any], list[Any]]:
     t = settings.training
-    data = build(mags, seed=t.seed, max_pairs_per_node=t.tdpo.max_pairs_per_node, **build_kwargs)
+    data = build(mags, seed=t.seed, max_pairs_per_node=t.tdpo.max_pairs_per_node, gold_weights=t.gold_weights,
+                 explanation_share=t.sft.explanation_share, **build_kwargs)
     sft = encoder.sft(data.sft, data.counts)
     trees = encoder.trees(data.trees, t.tdpo.level_weight, data.counts)
     data.counts["sft_examples"], data.counts["tree_nodes"] = len(sft), len(trees)

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+GOLD_SOURCES = frozenset({"feedback", "dataset", "consensus"})  # where a debate's gold answer came from
 
 
 def default_data_dir() -> Path:
@@ -99,6 +100,10 @@ class CaptureConfig(BaseModel):
         "(a `str -> str` callable).",
     )
     redact_min_digits: int = Field(7, ge=2, description="Digit runs this long or longer are masked by `default`.")
+    context_chars: int = Field(
+        4000, ge=0, description="Characters of conversation context (the system prompt and earlier turns) kept in the "
+        "debated question before the last user message; the oldest turns are dropped first.",
+    )
 
 
 ErrorStyle = Literal["wrong_operation", "off_by_one", "dropped_step"]
@@ -144,6 +149,30 @@ class TeacherConfig(BaseModel):
         None, ge=1, description="Token budget per rolling hour; past it the teacher sits debates out."
     )
     temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature (D&R uses 0.3).")
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="Request parameter that carries the completion length: reasoning models (OpenAI "
+        "o-series, GPT-5) refuse `max_tokens` and need `max_completion_tokens`."
+    )
+    send_temperature: bool = Field(
+        True, description="Send `temperature` and `top_p`; false for reasoning models, which refuse custom sampling "
+        "temperatures (the provider's default applies)."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into every request body, e.g. `{reasoning_effort: low}` or a "
+        "provider's own options; its keys override the ones Distillery sets."
+    )
+    max_tokens: int | None = Field(
+        None, ge=16, description="Completion tokens per turn for this teacher, instead of `debate.max_tokens`: a "
+        "reasoning model spends part of it on hidden reasoning and needs more room to reach its answer."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers on every request (no secrets: keys go in "
+        "`api_key_env`), e.g. `x-distillery-no-distill: 1` when the teacher is a Distillery service itself."
+    )
+    max_reply_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest response body read from this teacher; a larger one is the error "
+        "`reply_too_large` (read with a byte limit, never buffered whole)."
+    )
     reference: ReferenceProfile | None = Field(None, description="Built-in reference teacher profile.")
 
     @model_validator(mode="after")
@@ -202,7 +231,11 @@ class DebateConfig(BaseModel):
         3.0, ge=1, le=5, description="FAIR: a rationale is accepted when its mean peer score is above this."
     )
     pseudo_gold_min_teachers: int = Field(
-        2, ge=1, description="Unlabelled traffic: teachers that must agree (with accepted rationales) on a pseudo-gold."
+        2, ge=1, description="Unlabelled traffic: teachers with accepted rationales that must agree on an answer (and "
+        "no accepted rationale may dissent) for it to become the debate's gold, the teachers' consensus."
+    )
+    explanation_temperature: float = Field(
+        0.8, ge=0, le=2, description="FAIR: temperature of the teachers' explanations of the student's mistakes."
     )
     concurrency: int = Field(2, ge=1, description="Debates run at once by one worker.")
     max_attempts: int = Field(3, ge=1, description="Tries per captured request before it is marked failed.")
@@ -253,6 +286,11 @@ class SftSettings(BaseModel):
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the SFT data (D&R: 2).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    explanation_share: float = Field(
+        0.5, ge=0, le=1, description="FAIR's mix: the share of the SFT loss on explanations of the student's mistakes "
+        "(the rest on rationales); FAIR trains 0.5 * CE(explanations) + 0.5 * CE(rationales). Applied when both "
+        "kinds are present.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
 
 
@@ -326,7 +364,16 @@ class TrainingConfig(BaseModel):
     min_mags: int = Field(8, ge=1, description="A cycle with fewer usable MAGs is skipped.")
     max_mags: int = Field(2000, ge=1, description="A cycle trains on at most the newest this many usable MAGs.")
     seed: int = Field(0, description="Seed of dataset order, pair sampling and initialisation.")
-    max_prompt_tokens: int = Field(1024, ge=32, description="Longer tree prompts are dropped (counted).")
+    max_prompt_tokens: int = Field(
+        1024, ge=32, description="Longest training prompt. A longer debate prompt (round >= 1) is split as D&R's "
+        "code splits it: several prompts, each with the question and the agent blocks that fit (counted per round).",
+    )
+    gold_weights: dict[str, float] = Field(
+        default_factory=lambda: {"feedback": 1.0, "dataset": 1.0, "consensus": 0.5},
+        description="Training weight of a debate's data by where its gold came from: a client's label (`feedback`), a "
+        "dataset's (`dataset`), or the teachers' consensus on unlabelled traffic (`consensus`). A source missing "
+        "here gets weight 0.",
+    )
     max_completion_tokens: int = Field(384, ge=16, description="Completions are cut to this (chosen ones dropped).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel).")
     cpus_per_worker: float = Field(
@@ -351,6 +398,16 @@ class TrainingConfig(BaseModel):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
+
+    @field_validator("gold_weights")
+    @classmethod
+    def _known_sources(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - GOLD_SOURCES
+        if unknown:
+            raise ValueError(f"gold_weights keys must be among {sorted(GOLD_SOURCES)}, got {sorted(unknown)}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError(f"gold_weights must be >= 0, got {v}; use 0 to train nothing from a source")
+        return v
 
     def threads(self) -> int:
         return self.torch_threads or max(1, int(self.cpus_per_worker))

@@ -92,7 +92,8 @@ class Service:
 
 
 def start_service(model_dir: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> Service:
-    port = free_port()
+    """Starts `distillery serve` on `DISTILLERY_SERVER__PORT` of `extra_env`, else a free port."""
+    port = int((extra_env or {}).get("DISTILLERY_SERVER__PORT") or free_port())
     env = {
         **os.environ,
         "DISTILLERY_DATA_DIR": str(data_dir),

@@ -20,7 +20,7 @@ import httpx
 
 from services.config import EvalSettings
 from services.gateway.client import ServiceClient
-from services.tasks.answers import equivalent, extract_answer, gsm8k_gold, kind_of
+from services.tasks.answers import answer_type_of, gsm8k_gold, read_for_eval, same_answer
 from services.tasks.arithmetic import generate
 
 
@@ -76,13 +76,13 @@ async def evaluate(client: ServiceClient, model: str, items: list[EvalItem], cfg
         async with sem:
             out = await client.chat(http, model, item.question, max_tokens=cfg.max_tokens,
                                     temperature=cfg.temperature)
-        text = out["choices"][0]["message"]["content"]
-        got = extract_answer(text, kind_of(item.answer))
+        answer_type = answer_type_of(item.answer)
+        got = read_for_eval(out["choices"][0]["message"]["content"], answer_type)
         done += 1
         if progress is not None:
             progress(done, len(items))
         usage = out["usage"]
-        return (equivalent(got, item.answer, kind_of(item.answer)), got is None, usage["completion_tokens"],
+        return (same_answer(got, item.answer, answer_type), got is None, usage["completion_tokens"],
                 usage["total_tokens"], out.get("adapter"))
 
     async with httpx.AsyncClient(timeout=client.timeout) as http:

@@ -1,7 +1,12 @@
 """SFT stage: next-token cross-entropy on the completion only (prompt and padding masked out).
 
-Used for D&R's SFT set (correct teacher answers to the plain question) and FAIR's fault-aware items; the two are
-mixed in one shuffled set, which weights them by their counts (FAIR weights its two tasks 0.5/0.5).
+Used for FAIR's two tasks, rationales (accepted teacher answers to the plain question, D&R's SFT set too) and
+explanations of the student's mistakes, mixed in one shuffled set. Each example carries a weight (its gold
+source's, times FAIR's mix share; mean 1 over the set), and the batch loss is
+
+    L = 1/B * sum_b w_b * CE_b,    CE_b = mean over example b's completion tokens of -log p(token)
+
+so FAIR's 0.5 * CE(explanations) + 0.5 * CE(rationales) holds in expectation whatever the two counts are.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ray_jobs.trees.encode import SftExample
 
 
 def collate(batch: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask, labels (-100 outside completions) and per-example weights."""
     seqs = [e.prompt_ids + e.completion_ids for e in batch]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -28,7 +34,17 @@ def collate(batch: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
         ids[b, : len(s)] = torch.tensor(s)
         mask[b, : len(s)] = 1
         labels[b, len(e.prompt_ids) : len(s)] = torch.tensor(e.completion_ids)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    weights = torch.tensor([e.weight for e in batch], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-example mean cross-entropy on the completion, weighted, averaged over the batch (see the module)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    scored = (labels != -100).float()
+    per_example = (tok * scored).sum(1) / scored.sum(1).clamp(min=1)
+    return (weights * per_example).mean()
 
 
 def batches(examples: list[SftExample], size: int, steps: int, seed: int) -> Iterator[list[SftExample]]:
@@ -56,7 +72,8 @@ def train_sft(model: Any, examples: list[SftExample], *, lr: float, epochs: floa
     losses, t0 = [], time.monotonic()
     for step, batch in enumerate(batches(examples, batch_size, steps, seed), 1):
         inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        loss = model(**inputs).loss
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        loss = weighted_loss(logits, inputs["labels"], inputs["weights"])
         loss.backward()
         optim_step(model, opt, sched)
         losses.append(loss.item())

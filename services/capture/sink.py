@@ -21,15 +21,45 @@ from services.store.mags import MagStore
 log = logging.getLogger(__name__)
 
 
-def question_of(messages: list[dict[str, Any]]) -> str | None:
-    """The question a debate is about: the last user message."""
-    return next((m["content"] for m in reversed(messages) if m.get("role") == "user" and m.get("content")), None)
+def question_of(messages: list[dict[str, Any]], context_chars: int = 4000) -> str | None:
+    """The question a debate is about: the last user message, after the conversation it belongs to.
+
+    A lone user message is the question as sent. Otherwise the system prompt and the earlier turns come first,
+    in tags (`<system_prompt>`, `<conversation>`), within `context_chars`: the system prompt takes at most half,
+    the newest earlier turns the rest (oldest dropped first, marked `[...]`). The last user message is kept whole.
+    """
+    last = next((i for i in range(len(messages) - 1, -1, -1)
+                 if messages[i].get("role") == "user" and messages[i].get("content")), None)
+    if last is None:
+        return None
+    question = messages[last]["content"]
+    system = "\n".join(m["content"] for m in messages[:last] if m.get("role") in {"system", "developer"}
+                       and m.get("content"))
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:last]
+             if m.get("role") in {"user", "assistant"} and m.get("content")]
+    parts = []
+    room = context_chars
+    if system:
+        system = system if len(system) <= room // 2 else system[: room // 2].rstrip() + " [...]"
+        room -= len(system)
+        parts.append(f"<system_prompt>\n{system}\n</system_prompt>")
+    kept: list[str] = []
+    for turn in reversed(turns):
+        if len(turn) > room:
+            break
+        kept.insert(0, turn)
+        room -= len(turn)
+    if turns:
+        dropped = ["[...]"] if len(kept) < len(turns) else []
+        parts.append("<conversation>\n" + "\n".join([*dropped, *kept]) + "\n</conversation>")
+    return "\n\n".join([*parts, question])
 
 
 class StoreSink:
     def __init__(self, store: MagStore, redact: Redactor, *, capacity: int = 10_000, batch: int = 64,
-                 linger_s: float = 0.05, controls: Controls | None = None) -> None:
+                 linger_s: float = 0.05, controls: Controls | None = None, context_chars: int = 4000) -> None:
         self.store, self.redact, self.controls = store, redact, controls
+        self.context_chars = context_chars
         self.batch, self.linger_s = batch, linger_s
         self._q: queue.Queue[FinishedRequest | None] = queue.Queue(maxsize=capacity)
         self.written = 0
@@ -51,7 +81,7 @@ class StoreSink:
     def _row(self, item: FinishedRequest) -> dict[str, Any] | None:
         messages = [{**m, "content": self.redact(m["content"]) if isinstance(m.get("content"), str) else ""}
                     for m in item.request.get("messages", [])]
-        question = question_of(messages)
+        question = question_of(messages, self.context_chars)
         if question is None:
             return None
         return {"request_id": item.request_id, "response_id": item.response_id or None, "source": "traffic",

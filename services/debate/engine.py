@@ -3,20 +3,24 @@
 One `run` is one question:
   round 0      every agent (student and teachers) answers the same prompt, ending in `Final answer: X`;
   peer review  FAIR: each teacher's round-0 rationale is scored 1-5 by every other teacher; accepted when the
-               mean of the parsable scores is above `review_threshold`;
-  gold         the client's / dataset's label; else the pseudo-gold: the answer that a majority (and at least
-               `pseudo_gold_min_teachers`) of the answering teachers agree on, with at least that many of their
-               rationales accepted. Neither: the MAG is stored with outcome `no_gold`, unusable for training;
+               mean of the readable scores is above `review_threshold`;
+  gold         the client's / dataset's label; else the teachers' consensus: the answer that at least
+               `pseudo_gold_min_teachers` teachers with accepted rationales agree on, with no accepted rationale
+               dissenting. Neither: the MAG is stored with outcome `no_gold`, unusable for training;
+  FAIR         when the student's round-0 answer is wrong, every teacher explains its mistake (FAIR's fault-aware
+               prompt, gold as a hint, `explanation_temperature`), and each explanation is peer-reviewed too;
   rounds 1..R-1  after round r, unless every answering agent is correct (the stopping rule): each correct
                agent critiques each wrong agent and each wrong agent reflects on its mistake given the gold;
                then every agent answers again seeing all last answers, reflections and feedback (shuffled per
-               agent, each block cut to `block_tokens`). No critique phase after the last round.
-The critiques addressed to the student are FAIR's fault-aware feedback (a correct teacher explaining the
-student's mistake with the correct answer in hand); they are stored like every other critique.
+               agent, each block cut to `block_tokens`, and further for an agent whose context is smaller);
+  review       every correct answer of every round that is not reviewed yet is peer-reviewed by the teachers
+               other than its author: training takes chosen answers and rationales only from accepted ones.
+No critique phase after the last round. Prompts state the gold with its provenance (`prompts.gold_line`).
 
-An agent whose call failed is absent for that round; one that abstained gave no answer: neither counts in the
-stopping rule, is critiqued, or reflects. Every phase is written to the store as it ends, so a debate cut
-short keeps what it recorded.
+Reading a reply (`services.tasks.answers`) has four outcomes: `ok` (graded), `unparsed`, `abstained`, `truncated`
+(cut at max_tokens). Only `ok` is graded: the other three are never wrong, never critiqued, never a rejected
+child, and do not block the stopping rule. An agent whose call failed is absent for that phase. Every phase is
+written to the store as it ends, so a debate cut short keeps what it recorded.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ from services.debate.agents import Agent, Reply
 from services.debate.budget import BlockBudget
 from services.store.debates import utcnow
 from services.store.mags import Edge, MagStore, Node
-from services.tasks.answers import Kind, equivalent, kind_of, parse_final_answer
+from services.tasks.answers import AnswerType, answer_type_of, read_answer, read_score, same_answer
 
 log = logging.getLogger(__name__)
 
 
 class DebateObserver(Protocol):
     def on_reply(self, agent: Agent, kind: str, reply: Reply) -> None: ...
+    def on_answer(self, agent: Agent, status: str) -> None: ...
     def on_review(self, accepted: bool) -> None: ...
     def on_finish(self, result: DebateResult) -> None: ...
 
@@ -61,18 +66,20 @@ class DebateResult:
     rounds: int
     stop_round: int | None
     gold: str | None
-    gold_source: str
+    gold_source: str  # feedback | dataset | consensus | none
     usable: bool
     student_correct_first: bool | None
     student_correct_last: bool | None
     error: str | None = None
 
 
-def guess_kind(question: str) -> Kind:
-    """Answer kind before any answer exists (unlabelled traffic): options -> choice, numbers -> numeric."""
-    if len(re.findall(r"^\s*\(?[A-J][).:]\s", question, flags=re.M)) >= 2:
+def guess_type(question: str) -> AnswerType:
+    """Answer type before any answer exists (unlabelled traffic), from the last message: options -> choice,
+    numbers -> number."""
+    message = prompts.final_message(question)
+    if len(re.findall(r"^\s*\(?[A-J][).:]\s", message, flags=re.M)) >= 2:
         return "choice"
-    return "numeric" if re.search(r"\d", question) else "text"
+    return "number" if re.search(r"\d", message) else "text"
 
 
 class DebateEngine:
@@ -97,35 +104,40 @@ class DebateEngine:
         return [self.student, *self.teachers]
 
     async def run(self, inp: DebateInput) -> DebateResult:
-        kind = kind_of(inp.label) if inp.label else guess_kind(inp.question)
+        answer_type = answer_type_of(inp.label) if inp.label else guess_type(inp.question)
+        gold_source = (inp.label_source or "dataset") if inp.label else "none"
         did = self.store.start_debate(
-            capture_id=inp.capture_id, source=inp.source, question=inp.question, answer_kind=kind, gold=inp.label,
-            gold_source=inp.label_source if inp.label else "none", prompt_version=prompts.PROMPT_VERSION,
+            capture_id=inp.capture_id, source=inp.source, question=inp.question, answer_kind=answer_type,
+            gold=inp.label, gold_source=gold_source, prompt_version=prompts.PROMPT_VERSION,
             agents=[{"name": a.name, "role": a.role, "model": a.model} for a in self.agents], status="running",
         )
         if inp.capture_id is not None:
             self.store.attach_debate(inp.capture_id, did)
-        result = await _Debate(self, did, inp.question, kind, inp.label, inp.label_source).run()
+        result = await _Debate(self, did, inp.question, answer_type, inp.label, gold_source).run()
         if self.observer is not None:
             self.observer.on_finish(result)
         return result
 
 
+Call = tuple[Agent, str, str, int, str | None]  # agent, prompt, kind, round, target agent
+
+
 class _Debate:
     """The state of one running debate."""
 
-    def __init__(self, eng: DebateEngine, did: int, question: str, kind: Kind, gold: str | None,
-                 gold_source: str | None) -> None:
+    def __init__(self, eng: DebateEngine, did: int, question: str, answer_type: AnswerType, gold: str | None,
+                 gold_source: str) -> None:
         self.eng, self.cfg, self.store = eng, eng.cfg, eng.store
-        self.did, self.question, self.kind = did, question, kind
-        self.gold, self.gold_source = gold, gold_source if gold else "none"
+        self.did, self.question, self.answer_type = did, question, answer_type
+        self.gold, self.gold_source = gold, gold_source
         self.nodes: list[Node] = []
 
     # ---- one call, one phase --------------------------------------------------------------------------
     async def _turn(self, agent: Agent, prompt: str, kind: str, round_: int, target: str | None) -> Node:
         reply = await agent.ask(prompt, kind)
-        if self.eng.observer is not None:
-            self.eng.observer.on_reply(agent, kind, reply)
+        obs = self.eng.observer
+        if obs is not None:
+            obs.on_reply(agent, kind, reply)
         node = Node(round=round_, agent=agent.name, role=agent.role, kind=kind, text=reply.text, status="ok",
                     target_agent=target, model=reply.model or agent.model, prompt=prompt,
                     prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
@@ -133,18 +145,24 @@ class _Debate:
         if reply.error is not None or reply.text is None:
             node.status = "error"
         elif kind == "answer":
-            parsed = parse_final_answer(reply.text)
-            node.answer, node.status = parsed.answer, parsed.status
+            reading = read_answer(reply.text, self.answer_type, finish_reason=reply.finish_reason)
+            node.answer, node.status = reading.answer, reading.status
+            if obs is not None:
+                obs.on_answer(agent, reading.status)
         elif kind == "review":
-            node.score = prompts.parse_score(reply.text)
-            node.status = "ok" if node.score is not None else "unparsed"  # FAIR drops unparsable scores
+            node.score = read_score(reply.text)
+            node.status = "ok" if node.score is not None else "unparsed"  # FAIR drops unreadable scores
+        elif reply.finish_reason == "length":  # a cut critique, reflection or explanation teaches half a thought
+            node.status = "truncated"
         elif kind == "critique":
             node.text = prompts.strip_prefix(reply.text, "Feedback:")
         elif kind == "reflection":
             node.text = prompts.strip_prefix(reply.text, "Self-reflection:")
+        if node.status == "ok" and kind != "answer" and not (node.text or "").strip():
+            node.status = "unparsed"
         return node
 
-    async def _phase(self, calls: list[tuple[Agent, str, str, int, str | None]]) -> list[Node]:
+    async def _phase(self, calls: list[Call]) -> list[Node]:
         nodes = list(await asyncio.gather(*(self._turn(*c) for c in calls)))
         self.store.add_nodes(self.did, nodes)
         self.nodes += nodes
@@ -152,24 +170,26 @@ class _Debate:
 
     def _grade(self, answers: list[Node]) -> None:
         for n in answers:
-            n.correct = equivalent(n.answer, self.gold, kind_of(self.gold or "")) if n.answered else None
+            n.correct = same_answer(n.answer, self.gold, self.answer_type) if n.answered else None
         self.store.update_nodes(answers, "correct")
 
     # ---- the protocol ------------------------------------------------------------------------------------
     async def run(self) -> DebateResult:
         eng, cfg = self.eng, self.cfg
-        first = await self._phase([(a, prompts.answer_prompt(self.question, self.kind), "answer", 0, None)
+        first = await self._phase([(a, prompts.answer_prompt(self.question, self.answer_type), "answer", 0, None)
                                    for a in eng.agents])
         if first[0].status == "error":  # without the student's answer there is nothing to distill
             return self._finish("failed", [first], None, error=f"student: {first[0].error}")
-        await self._peer_review(first)
+        await self._review([n for n in first if n.role == "teacher" and n.answered])
         if self.gold is None:
-            self.gold = self._pseudo_gold(first)
+            self.gold = self._consensus(first)
             if self.gold is None:
                 return self._finish("no_gold", [first], None)
-            self.gold_source = "pseudo"
-            self.store.update_debate(self.did, gold=self.gold, gold_source="pseudo")
+            self.gold_source = "consensus"
+            self.store.update_debate(self.did, gold=self.gold, gold_source="consensus")
         self._grade(first)
+        await asyncio.gather(self._explain_student_mistake(first),
+                             self._review([n for n in first if n.correct and n.accepted is None]))
         rounds, stop = [first], None
         for r in range(cfg.max_rounds):
             present = [n for n in rounds[r] if n.answered]
@@ -181,58 +201,78 @@ class _Debate:
             feedback = await self._critique_phase(r, present) if cfg.reflection else {}
             nxt = await self._debate_round(r + 1, rounds[r], feedback)
             self._grade(nxt)
+            await self._review([n for n in nxt if n.correct])
             rounds.append(nxt)
         return self._finish("solved" if stop is not None else "unsolved", rounds, stop)
 
-    async def _peer_review(self, first: list[Node]) -> None:
-        """FAIR: every teacher rationale of round 0 scored by the other teachers."""
-        authors = [n for n in first if n.role == "teacher" and n.status == "ok"]
-        calls = [(t, prompts.review_prompt(self.question, n.text or "", self.gold), "review", 0, n.agent)
-                 for n in authors for t in self.eng.teachers if t.name != n.agent]
+    async def _review(self, targets: list[Node]) -> None:
+        """FAIR's peer review: each target (an answer or an explanation) scored 1-5 by every teacher other than
+        its author; accepted when the mean readable score is above `review_threshold`. Reviewers see the gold as
+        a hint once it exists (a label from the start; a consensus only after the round-0 reviews decided it)."""
+        gold, source = self.gold, self.gold_source
+        calls: list[Call] = []
+        owners: list[Node] = []
+        for n in targets:
+            if n.kind == "explanation":
+                student = next(a for a in self.nodes if a.kind == "answer" and a.round == 0 and a.role == "student")
+                prompt = prompts.explanation_review_prompt(self.question, student.text or "", n.text or "",
+                                                           gold or "", source)
+            else:
+                prompt = prompts.review_prompt(self.question, n.text or "", gold, source)
+            for t in self.eng.teachers:
+                if t.name != n.agent:
+                    calls.append((t, prompt, "review", n.round, n.agent))
+                    owners.append(n)
+        if not calls:
+            return
         reviews = await self._phase(calls)
-        edges = []
-        by_agent = {n.agent: n for n in authors}
-        for rv in reviews:
-            edges.append(Edge(rv.id, by_agent[rv.target_agent].id, "reviews"))  # type: ignore[arg-type,index]
-        for n in authors:
-            scores = [rv.score for rv in reviews if rv.target_agent == n.agent and rv.score is not None]
+        self.store.add_edges(self.did, [Edge(rv.id, n.id, "reviews")  # type: ignore[arg-type]
+                                        for rv, n in zip(reviews, owners, strict=True)])
+        for n in targets:
+            scores = [rv.score for rv, o in zip(reviews, owners, strict=True) if o is n and rv.score is not None]
             n.review_mean = sum(scores) / len(scores) if scores else None
             n.accepted = n.review_mean is not None and n.review_mean > self.cfg.review_threshold
-            if self.eng.observer is not None:
+            if self.eng.observer is not None and n.kind == "answer":
                 self.eng.observer.on_review(n.accepted)
-        self.store.add_edges(self.did, edges)
-        self.store.update_nodes(authors, "review_mean", "accepted")
+        self.store.update_nodes(targets, "review_mean", "accepted")
 
-    def _pseudo_gold(self, first: list[Node]) -> str | None:
-        answered = [n for n in first if n.role == "teacher" and n.status == "ok"]
+    def _consensus(self, first: list[Node]) -> str | None:
+        """The teachers' consensus: `pseudo_gold_min_teachers` accepted rationales with the same answer and no
+        accepted rationale with another."""
+        accepted = [n for n in first if n.role == "teacher" and n.answered and n.accepted]
         groups: list[list[Node]] = []
-        for n in answered:
+        for n in accepted:
             for g in groups:
-                if equivalent(n.answer, g[0].answer):
+                if same_answer(n.answer, g[0].answer, self.answer_type):
                     g.append(n)
                     break
             else:
                 groups.append([n])
-        if not groups:
+        if len(groups) != 1 or len(groups[0]) < self.cfg.pseudo_gold_min_teachers:
             return None
-        groups.sort(key=len, reverse=True)
-        best = groups[0]
-        if len(groups) > 1 and len(groups[1]) == len(best):
-            return None  # a tie is no agreement
-        need = self.cfg.pseudo_gold_min_teachers
-        if len(best) < need or 2 * len(best) <= len(answered) or sum(bool(n.accepted) for n in best) < need:
-            return None
-        return best[0].answer
+        return groups[0][0].answer
+
+    async def _explain_student_mistake(self, first: list[Node]) -> None:
+        """FAIR: every teacher explains the student's wrong round-0 answer (gold as a hint); each explanation is
+        peer-reviewed by the other teachers."""
+        student = first[0]
+        if student.correct is not False:
+            return
+        prompt = prompts.explanation_prompt(self.question, student.text or "", self.gold or "", self.gold_source)
+        made = await self._phase([(t, prompt, "explanation", 0, student.agent) for t in self.eng.teachers])
+        self.store.add_edges(self.did, [Edge(m.id, student.id, "explains") for m in made])  # type: ignore[arg-type]
+        await self._review([m for m in made if m.status == "ok"])
 
     async def _critique_phase(self, r: int, present: list[Node]) -> dict[str, list[Node]]:
         """Correct agents critique wrong ones; wrong ones reflect given the gold. Returns nodes by agent."""
         by_name = {a.name: a for a in self.eng.agents}
         right = [n for n in present if n.correct]
-        wrong = [n for n in present if not n.correct]
-        gold = self.gold or ""
-        calls = [(by_name[c.agent], prompts.critique_prompt(self.question, c.text or "", w.text or "", gold),
-                  "critique", r, w.agent) for c in right for w in wrong]
-        calls += [(by_name[w.agent], prompts.reflection_prompt(self.question, w.text or "", gold),
+        wrong = [n for n in present if n.correct is False]
+        gold, source = self.gold or "", self.gold_source
+        calls: list[Call] = [
+            (by_name[c.agent], prompts.critique_prompt(self.question, c.text or "", w.text or "", gold, source),
+             "critique", r, w.agent) for c in right for w in wrong]
+        calls += [(by_name[w.agent], prompts.reflection_prompt(self.question, w.text or "", gold, source),
                    "reflection", r, None) for w in wrong]
         made = await self._phase(calls)
         answer_of = {n.agent: n for n in present}
@@ -245,29 +285,38 @@ class _Debate:
                 out.setdefault(m.target_agent or m.agent, []).append(m)
         return out
 
-    def _block(self, answer: Node, extra: list[Node]) -> str:
-        """One agent's block, within `block_tokens`: reflection and feedback get a share, reasoning the rest."""
-        b, budget = self.eng.budget, self.cfg.block_tokens
+    def _block(self, answer: Node, extra: list[Node], budget: int) -> str:
+        """One agent's block, within `budget` tokens: reflection and feedback get a share, reasoning the rest."""
+        b = self.eng.budget
         reflection = next((e.text for e in extra if e.kind == "reflection"), None)
         feedback = [e.text or "" for e in extra if e.kind == "critique"]
         share = budget // 4 // max(1, len(feedback))
         reflection = b.fit(reflection, budget // 4) if reflection else None
         feedback = [b.fit(f, share) for f in feedback]
-        block = prompts.Block("", answer.answer or "(no answer)", reflection, tuple(feedback))
+        block = prompts.Block("", answer.answer or f"({answer.status})", reflection, tuple(feedback))
         rest = b.count(prompts.render_block(0, block))
-        block.reasoning = b.fit(prompts.reasoning_of(answer.text or ""), max(32, budget - rest))
+        block.reasoning = b.fit(prompts.reasoning_of(answer.text or ""), max(16, budget - rest))
         return prompts.render_block(0, block)
 
-    async def _debate_round(self, r: int, last: list[Node], feedback: dict[str, list[Node]]) -> list[Node]:
-        shown = [n for n in last if n.status != "error"]
-        blocks = {n.agent: self._block(n, feedback.get(n.agent, [])) for n in shown}
-        calls = []
-        for agent in self.eng.agents:
+    def _prompt_for(self, agent: Agent, r: int, shown: list[Node], feedback: dict[str, list[Node]]) -> str:
+        """The debate prompt of round r as `agent` sees it (blocks shuffled per agent). An agent with a smaller
+        context (`prompt_limit`, the student's) gets smaller blocks: its turn always fits, never fails."""
+        limit: int | None = getattr(agent, "prompt_limit", None)
+        budget = self.cfg.block_tokens
+        while True:
+            blocks = {n.agent: self._block(n, feedback.get(n.agent, []), budget) for n in shown}
             order = list(blocks)
             random.Random(f"{self.did}-{r}-{agent.name}").shuffle(order)
             rendered = [blocks[name].replace('index="0"', f'index="{i}"', 1) for i, name in enumerate(order, 1)]
-            calls.append((agent, prompts.debate_prompt(self.question, self.kind, rendered), "answer", r, None))
-        nodes = await self._phase(calls)
+            prompt = prompts.debate_prompt(self.question, self.answer_type, rendered)
+            if limit is None or budget <= 16 or self.eng.budget.count(prompt) <= limit:
+                return prompt
+            budget = max(16, budget // 2)
+
+    async def _debate_round(self, r: int, last: list[Node], feedback: dict[str, list[Node]]) -> list[Node]:
+        shown = [n for n in last if n.status != "error"]
+        nodes = await self._phase([(agent, self._prompt_for(agent, r, shown, feedback), "answer", r, None)
+                                   for agent in self.eng.agents])
         seen = [*shown, *(m for ms in feedback.values() for m in ms)]
         self.store.add_edges(self.did, [Edge(s.id, n.id, "saw") for n in nodes for s in seen])  # type: ignore[arg-type]
         return nodes
@@ -276,7 +325,8 @@ class _Debate:
     def _finish(self, outcome: str, rounds: list[list[Node]], stop: int | None, error: str | None = None
                 ) -> DebateResult:
         student = [n for rnd in rounds for n in rnd if n.role == "student" and n.answered]
-        usable = self.gold is not None and any(n.correct for rnd in rounds for n in rnd)
+        trainable = [n for n in self.nodes if n.accepted and (n.kind == "explanation" or n.correct)]
+        usable = self.gold is not None and bool(trainable)
         teacher_tokens = sum(n.prompt_tokens + n.completion_tokens for n in self.nodes if n.role == "teacher")
         student_tokens = sum(n.prompt_tokens + n.completion_tokens for n in self.nodes if n.role == "student")
         reviewed = [n for n in rounds[0] if n.role == "teacher" and n.accepted is not None]

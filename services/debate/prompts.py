@@ -1,22 +1,29 @@
 """Every prompt of the debate and of peer review, versioned, in one place.
 
 The wording follows D&R (round 0, the debate round, critique, self-reflection with the gold answer) and FAIR
-(peer review with a score in square brackets). Variable parts sit between XML-like tags, so any LLM reads them
-as quoted material and the reference teacher can parse them. `PROMPT_VERSION` is stored with every MAG:
-change it whenever a template changes, so training data built from different wordings stays distinguishable.
+(peer review with a score in square brackets, the fault-aware explanation of a student's mistake). Variable parts
+sit between XML-like tags, so any LLM reads them as quoted material and the reference teacher can parse them.
+`PROMPT_VERSION` is stored with every MAG: change it whenever a template changes, so training data built from
+different wordings stays distinguishable.
+
+The gold answer is stated with its provenance: "The correct final answer is X" only for a label (a client's or a
+dataset's); a teachers' consensus on unlabelled traffic is "The teachers' consensus final answer is X".
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.tasks.answers import Kind
+from services.tasks.answers import AnswerType
 
-PROMPT_VERSION = "dr-fair-v1"
+PROMPT_VERSION = "dr-fair-v2"
 
-FORMAT_LINE: dict[Kind, str] = {
-    "numeric": "The final answer must be a single number.",
+LABEL_SOURCES = frozenset({"feedback", "dataset"})  # gold that a person or a dataset vouches for
+
+FORMAT_LINE: dict[AnswerType, str] = {
+    "number": "The final answer must be a single number.",
     "choice": "The final answer must be the letter of one option.",
     "text": "The final answer must be a short phrase.",
 }
@@ -71,7 +78,7 @@ CRITIQUE = """You answered the question below correctly. Another agent answered 
 {other}
 </other_answer>
 
-The correct final answer is {gold}.
+{gold_line}
 Point out the mistakes in the other agent's reasoning and explain how to correct them. Be concise. \
 Begin your reply with "Feedback:"."""
 
@@ -79,8 +86,25 @@ REFLECTION = """You answered the question below incorrectly.
 
 """ + _QUESTION_AND_OWN + """
 
-Given the correct final answer {gold}, reflect on your mistake: find where your reasoning went wrong and \
-how to avoid it next time. Be concise. Begin your reply with "Self-reflection:"."""
+{gold_line} Reflect on your mistake: find where your reasoning went wrong and how to avoid it next time. \
+Be concise. Begin your reply with "Self-reflection:"."""
+
+_STUDENT_MISTAKE = """<question>
+{question}
+</question>
+
+<student_answer>
+{answer}
+</student_answer>
+
+<hint>{gold_line}</hint>"""
+
+EXPLANATION = """Act as a teacher. A student answered the question below incorrectly.
+
+""" + _STUDENT_MISTAKE + """
+
+Point out the mistakes in the student's answer step by step and explain how to reach the correct answer, so the \
+student can learn from them. Be concise."""
 
 REVIEW = """You are reviewing another teacher's solution to the question below.
 
@@ -95,11 +119,30 @@ REVIEW = """You are reviewing another teacher's solution to the question below.
 Judge whether the reasoning and the final answer are correct. Explain briefly, then give a score from 1 \
 (wrong) to 5 (fully correct and clearly explained) in square brackets on the last line, like [4]."""
 
-HINT = "\n<hint>The correct final answer is {gold}.</hint>\n"
+REVIEW_EXPLANATION = """You are reviewing another teacher's explanation of a student's mistake.
+
+""" + _STUDENT_MISTAKE + """
+
+<explanation>
+{explanation}
+</explanation>
+
+Judge whether the explanation finds the student's actual mistake and leads to the correct answer. Explain \
+briefly, then give a score from 1 (wrong or unhelpful) to 5 (correct and clear) in square brackets on the last \
+line, like [4]."""
+
+HINT = "\n<hint>{gold_line}</hint>\n"
 
 
-def answer_prompt(question: str, kind: Kind) -> str:
-    return ANSWER.format(question=question, format_line=FORMAT_LINE[kind])
+def gold_line(gold: str, source: str) -> str:
+    """The gold answer with its provenance: a label is "the correct" answer, a consensus only the teachers'."""
+    if source in LABEL_SOURCES:
+        return f"The correct final answer is {gold}."
+    return f"The teachers' consensus final answer is {gold}."
+
+
+def answer_prompt(question: str, answer_type: AnswerType) -> str:
+    return ANSWER.format(question=question, format_line=FORMAT_LINE[answer_type])
 
 
 @dataclass
@@ -121,38 +164,75 @@ def render_block(index: int, b: Block) -> str:
                         feedback=feedback)
 
 
-def debate_prompt(question: str, kind: Kind, blocks: list[str]) -> str:
-    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=FORMAT_LINE[kind])
+def debate_prompt(question: str, answer_type: AnswerType, blocks: list[str]) -> str:
+    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=FORMAT_LINE[answer_type])
 
 
-def critique_prompt(question: str, own: str, other: str, gold: str) -> str:
-    return CRITIQUE.format(question=question, own=own.strip(), other=other.strip(), gold=gold)
+_BLOCK_RE = re.compile(r'<agent_answer index="\d+">.*?</agent_answer>', re.S)
 
 
-def reflection_prompt(question: str, own: str, gold: str) -> str:
-    return REFLECTION.format(question=question, own=own.strip(), gold=gold)
+def split_debate_prompt(prompt: str, fits: Callable[[str], bool]) -> tuple[list[str], bool]:
+    """D&R's long-context rule: a debate prompt whose structured information is too long becomes several prompts,
+    each carrying the instruction, the question and as many agent blocks as fit (in order, renumbered).
+
+    Returns (prompts, complete): `complete` is False when a single block did not fit on its own, so it was left out
+    (each block was already cut to `debate.block_tokens` when the debate ran). A prompt that fits is returned as is.
+    """
+    if fits(prompt):
+        return [prompt], True
+    blocks = _BLOCK_RE.findall(prompt)
+    if not blocks:
+        return [], False
+    head = prompt[: prompt.index(blocks[0])]
+    tail = prompt[prompt.index(blocks[-1]) + len(blocks[-1]):]
+
+    def render(group: list[str]) -> str:
+        renumbered = [re.sub(r'^<agent_answer index="\d+">', f'<agent_answer index="{i}">', b)
+                      for i, b in enumerate(group, 1)]
+        return head + "\n\n".join(renumbered) + tail
+
+    out: list[str] = []
+    group: list[str] = []
+    complete = True
+    for b in blocks:
+        if fits(render([*group, b])):
+            group.append(b)
+            continue
+        if group:
+            out.append(render(group))
+        group = [b] if fits(render([b])) else []
+        complete = complete and bool(group)
+    if group:
+        out.append(render(group))
+    return out, complete
 
 
-def review_prompt(question: str, solution: str, gold: str | None) -> str:
-    return REVIEW.format(question=question, solution=solution.strip(),
-                         hint=HINT.format(gold=gold) if gold is not None else "")
+def critique_prompt(question: str, own: str, other: str, gold: str, gold_source: str) -> str:
+    return CRITIQUE.format(question=question, own=own.strip(), other=other.strip(),
+                           gold_line=gold_line(gold, gold_source))
+
+
+def reflection_prompt(question: str, own: str, gold: str, gold_source: str) -> str:
+    return REFLECTION.format(question=question, own=own.strip(), gold_line=gold_line(gold, gold_source))
+
+
+def explanation_prompt(question: str, student_answer: str, gold: str, gold_source: str) -> str:
+    """FAIR's fault-aware prompt: a teacher explains the student's mistake, the gold given as a hint."""
+    return EXPLANATION.format(question=question, answer=student_answer.strip(), gold_line=gold_line(gold, gold_source))
+
+
+def review_prompt(question: str, solution: str, gold: str | None, gold_source: str = "none") -> str:
+    hint = HINT.format(gold_line=gold_line(gold, gold_source)) if gold is not None else ""
+    return REVIEW.format(question=question, solution=solution.strip(), hint=hint)
+
+
+def explanation_review_prompt(question: str, student_answer: str, explanation: str, gold: str,
+                              gold_source: str) -> str:
+    return REVIEW_EXPLANATION.format(question=question, answer=student_answer.strip(), explanation=explanation.strip(),
+                                     gold_line=gold_line(gold, gold_source))
 
 
 # ---- reading replies ---------------------------------------------------------------------------------------
-_SCORE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
-
-
-def parse_score(text: str | None) -> int | None:
-    """FAIR's strict format: the last `[n]` in the reply; anything else, or n outside 1-5, is dropped."""
-    if not text:
-        return None
-    found = _SCORE.findall(text)
-    if not found:
-        return None
-    value = float(found[-1])
-    return int(value) if value.is_integer() and 1 <= value <= 5 else None
-
-
 def strip_prefix(text: str, prefix: str) -> str:
     """`Feedback: ...` -> `...` (the prefix the prompt asked for, if the agent wrote it)."""
     t = text.strip()
@@ -160,10 +240,16 @@ def strip_prefix(text: str, prefix: str) -> str:
 
 
 def reasoning_of(text: str) -> str:
-    """An answer's reasoning: the reply without the `### Answer` header and the `Final answer` line."""
+    """An answer's reasoning: the reply without the `### Answer` header and the last line naming the final answer
+    (`Final answer: X`, `**Final Answer:** X`, `## Final answer`, `The final answer is X.`)."""
     t = re.sub(r"^\s*#+\s*Answer\s*\n", "", text.strip(), flags=re.I)
-    idx = [m.start() for m in re.finditer(r"final\s+answer\s*(?:is)?\s*[:\uff1a]", t, flags=re.I)]
+    idx = [m.start() for m in re.finditer(r"(?m)^[^\n]*final\s+answer\b", t, flags=re.I)]
     return t[: idx[-1]].strip() if idx else t
+
+
+def final_message(question: str) -> str:
+    """The last user message of a debated question (without the conversation context `question_of` put first)."""
+    return question.rsplit("</conversation>", 1)[-1].rsplit("</system_prompt>", 1)[-1].strip()
 
 
 def tag(text: str, name: str) -> str | None:

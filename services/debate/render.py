@@ -28,9 +28,11 @@ def _mark(n: Node) -> str:
     if n.status == "error":
         return f"ERROR ({n.error})"
     if n.status == "abstained":
-        return "abstained"
+        return "abstained (not graded)"
     if n.status == "unparsed":
-        return "no parsable final answer" + (" (wrong)" if n.correct is False else "")
+        return "no readable final answer (not graded)"
+    if n.status == "truncated":
+        return "cut at max_tokens (not graded)"
     return f"{n.answer}  {'RIGHT' if n.correct else 'WRONG' if n.correct is False else ''}".rstrip()
 
 
@@ -41,6 +43,13 @@ def _body(text: str | None, indent: str = "      ", width: int = 100, max_lines:
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], f"... ({len(lines) - max_lines + 1} more lines)"]
     return "\n".join(indent + line for line in lines)
+
+
+def _review(n: Node) -> str:
+    if n.review_mean is None and n.accepted is None:
+        return ""
+    return f"   peer review: {n.review_mean if n.review_mean is not None else '-'} " \
+           f"({'accepted' if n.accepted else 'rejected'})"
 
 
 def render_mag(m: Mag, full: bool = False) -> str:
@@ -57,11 +66,13 @@ def render_mag(m: Mag, full: bool = False) -> str:
     for r in sorted({n.round for n in m.nodes}):
         out.append(f"\n=== round {r} ===")
         for n in m.answers(r):
-            review = ""
-            if n.review_mean is not None or n.accepted is not None:
-                review = f"   peer review: {n.review_mean if n.review_mean is not None else '-'} " \
-                         f"({'accepted' if n.accepted else 'rejected'})"
-            out.append(f"  [{n.agent}] answer: {_mark(n)}{review}")
+            out.append(f"  [{n.agent}] answer: {_mark(n)}{_review(n)}")
+            out.append(_body(n.text, max_lines=max_lines))
+        explanations = m.of_kind("explanation", r)
+        if explanations:
+            out.append("  --- FAIR: the teachers explain the student's mistake ---")
+        for n in explanations:
+            out.append(f"  {n.agent} explains:{_review(n)}" + (f" {_mark(n)}" if n.status == "error" else ""))
             out.append(_body(n.text, max_lines=max_lines))
         reviews = m.of_kind("review", r)
         if reviews:

@@ -17,7 +17,7 @@ from typing import Any
 from services.debate.agents import Reply
 from services.student.events import Delta, Failed, GenerateRequest, Started
 from services.student.tokenizer import PromptTokenizer
-from services.tasks.answers import parse_final_answer
+from services.tasks.answers import read_answer
 
 
 class TrafficGate:
@@ -46,6 +46,9 @@ class TrafficGate:
             self.waited_s += time.monotonic() - t0
 
 
+PROMPT_MARGIN = 64  # tokens of chat template around a user message, with room to spare
+
+
 class ServeStudentAgent:
     role = "student"
 
@@ -68,6 +71,9 @@ class ServeStudentAgent:
         self.samples, self.temperature, self.max_tokens = samples, temperature, max_tokens
         self.max_model_len = max_model_len
         self.gate = gate
+        # The longest debate prompt the student is given: room is left for a reply (the engine trims the other
+        # agents' blocks to fit, so the student's turn never fails on its context).
+        self.prompt_limit = max_model_len - min(max_tokens, max_model_len // 2) - PROMPT_MARGIN
 
     async def ask(self, prompt: str, kind: str) -> Reply:
         ids = self.tokenizer.chat([{"role": "user", "content": prompt}])
@@ -93,6 +99,7 @@ class ServeStudentAgent:
         n = req.sampling["n"]
         t0 = time.monotonic()
         texts, tokens, adapter = [""] * n, 0, None
+        finish: list[str | None] = [None] * n
         try:
             async for ev in self._stream.generate.remote(req):
                 if isinstance(ev, Failed):
@@ -103,7 +110,9 @@ class ServeStudentAgent:
                 elif isinstance(ev, Delta):
                     texts[ev.index] += ev.text
                     tokens += ev.tokens
+                    finish[ev.index] = ev.finish_reason or finish[ev.index]
         except Exception as e:  # replica died mid-turn: the debate records an error node
             return Reply(None, len(ids), tokens, time.monotonic() - t0, error=f"student_unavailable: {e!r}"[:200])
-        text = next((t for t in texts if parse_final_answer(t).status != "unparsed"), texts[0])
-        return Reply(text, len(ids), tokens, time.monotonic() - t0, model=adapter)
+        # D&R's retry for bad formatting: the first sample with a readable final answer.
+        i = next((i for i, t in enumerate(texts) if read_answer(t, "text", finish_reason=finish[i]).status == "ok"), 0)
+        return Reply(texts[i], len(ids), tokens, time.monotonic() - t0, model=adapter, finish_reason=finish[i])

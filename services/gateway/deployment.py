@@ -47,7 +47,8 @@ class GatewayDeployment:
         controls = Controls(db)
         if settings.capture.enabled:
             store = MagStore(db)
-            sink = self._sink = StoreSink(store, build_redactor(settings.capture), controls=controls)
+            sink = self._sink = StoreSink(store, build_redactor(settings.capture), controls=controls,
+                                         context_chars=settings.capture.context_chars)
         self._app = build_app(
             settings,
             student=RayStudentClient(student),

@@ -36,9 +36,8 @@ def launch_cycle(job_id: int, url: str, log_path: Path, env: dict[str, str]) -> 
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def fresh_mags(jobs: JobStore, mags: MagStore) -> int:
-    """Usable MAGs finished since the last cycle started: no cycle is due without one."""
-    last = jobs.last()
+def fresh_mags(mags: MagStore, last: Job | None) -> int:
+    """Usable MAGs finished since the last cycle (`last`) started: no cycle is due without one."""
     return mags.count_usable_since(last.started_at if last else None)
 
 
@@ -60,7 +59,7 @@ class TrainingScheduler:
         if self.jobs.running() is not None:
             return None
         last = self.jobs.last()
-        fresh = fresh_mags(self.jobs, self.mags)
+        fresh = fresh_mags(self.mags, last)
         if fresh == 0:
             return None
         if self.cfg.every_mags is not None and fresh >= self.cfg.every_mags:

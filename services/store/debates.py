@@ -61,7 +61,7 @@ class DebateRow(Base):
     question: Mapped[str] = mapped_column(Text)
     answer_kind: Mapped[str] = mapped_column(String(16))
     gold: Mapped[str | None] = mapped_column(Text)
-    gold_source: Mapped[str] = mapped_column(String(16), default="none")  # feedback|dataset|pseudo|none
+    gold_source: Mapped[str] = mapped_column(String(16), default="none")  # feedback|dataset|consensus|none
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running|done|interrupted|failed
     outcome: Mapped[str | None] = mapped_column(String(32), index=True)  # solved | unsolved | no_gold | failed
     stop_round: Mapped[int | None] = mapped_column(Integer)
@@ -91,16 +91,16 @@ class NodeRow(Base):
     agent: Mapped[str] = mapped_column(String(80))
     role: Mapped[str] = mapped_column(String(16))  # student | teacher
     model: Mapped[str | None] = mapped_column(String(160))  # what answered: teacher model, student@vN
-    kind: Mapped[str] = mapped_column(String(16))  # answer | critique | reflection | review
+    kind: Mapped[str] = mapped_column(String(16))  # answer | critique | reflection | explanation | review
     target_agent: Mapped[str | None] = mapped_column(String(80))  # critique / review: whose answer
     prompt: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))  # ok | unparsed | abstained | error
+    status: Mapped[str] = mapped_column(String(16))  # ok | unparsed | abstained | truncated | error
     correct: Mapped[bool | None] = mapped_column(Boolean)
-    score: Mapped[int | None] = mapped_column(Integer)  # review: the parsed 1-5 score
+    score: Mapped[float | None] = mapped_column(Float)  # review: the 1-5 score read
     review_mean: Mapped[float | None] = mapped_column(Float)  # answer: mean peer score
-    accepted: Mapped[bool | None] = mapped_column(Boolean)  # answer: passed FAIR peer review
+    accepted: Mapped[bool | None] = mapped_column(Boolean)  # answer / explanation: passed FAIR peer review
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
@@ -117,4 +117,4 @@ class EdgeRow(Base):
     debate_id: Mapped[int] = mapped_column(ForeignKey("debates.id", ondelete="CASCADE"), index=True)
     src: Mapped[int] = mapped_column(ForeignKey("mag_nodes.id", ondelete="CASCADE"))
     dst: Mapped[int] = mapped_column(ForeignKey("mag_nodes.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # saw | critiques | reflects_on | reviews
+    kind: Mapped[str] = mapped_column(String(16))  # saw | critiques | reflects_on | explains | reviews

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from services.store.db import Database
 from services.store.debates import CaptureRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
-from services.tasks.answers import equivalent, extract_answer, kind_of
+from services.tasks.answers import answer_type_of, read_for_eval, same_answer
 
 
 @dataclass
@@ -26,15 +26,15 @@ class Node:
     round: int
     agent: str
     role: str
-    kind: str  # answer | critique | reflection | review
+    kind: str  # answer | critique | reflection | explanation | review
     text: str | None
-    status: str  # ok | unparsed | abstained | error
+    status: str  # ok | unparsed | abstained | truncated | error
     answer: str | None = None
     correct: bool | None = None
     target_agent: str | None = None
     model: str | None = None
     prompt: str | None = None
-    score: int | None = None
+    score: float | None = None
     review_mean: float | None = None
     accepted: bool | None = None
     prompt_tokens: int = 0
@@ -46,18 +46,24 @@ class Node:
 
     @property
     def answered(self) -> bool:
-        """Took part with an output that is right or wrong (an abstention or a failed call is neither)."""
-        return self.kind == "answer" and self.status in {"ok", "unparsed"}
+        """An answer that is graded right or wrong: a final answer was read (an unparsed, abstained or truncated
+        reply, or a failed call, is neither)."""
+        return self.kind == "answer" and self.status == "ok"
 
 
 _NODE_FIELDS = [f.name for f in fields(Node)]
+
+
+def _agrees(gold: str | None, label: str) -> bool:
+    """Whether a debate's gold says what a client's label says (the label decides the answer type)."""
+    return same_answer(gold, label, answer_type_of(label))
 
 
 @dataclass
 class Edge:
     src: int
     dst: int
-    kind: str  # saw | critiques | reflects_on | reviews
+    kind: str  # saw | critiques | reflects_on | explains | reviews
 
 
 @dataclass
@@ -194,7 +200,7 @@ class MagStore:
             row.lease_owner, row.lease_until, row.updated_at, row.error = None, None, utcnow(), error
             debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
             if ok and debate is not None and row.label and debate.gold_source not in {"feedback", "dataset"}:
-                if equivalent(debate.gold, row.label):
+                if _agrees(debate.gold, row.label):
                     debate.gold_source = "feedback"
                 else:
                     debate.status, debate.usable = "superseded", False
@@ -228,7 +234,7 @@ class MagStore:
             if row.status in {"queued", "running"}:
                 return "queued", row.request_id
             debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
-            if row.status == "done" and debate is not None and equivalent(debate.gold, answer):
+            if row.status == "done" and debate is not None and _agrees(debate.gold, answer):
                 debate.gold_source = "feedback"
                 return "confirmed", row.request_id
             if debate is not None:
@@ -333,7 +339,8 @@ class MagStore:
             q = q.where(CaptureRow.created_at >= since)
         with self.db.session() as s:
             rows = s.execute(q).all()
-        correct = sum(equivalent(extract_answer(out, kind_of(label)), label) for out, label in rows)
+        correct = sum(same_answer(read_for_eval(out, answer_type_of(label)), label, answer_type_of(label))
+                      for out, label in rows)
         return len(rows), correct
 
     def stats(self) -> dict[str, Any]:
@@ -346,5 +353,7 @@ class MagStore:
             reviewed, accepted = s.execute(select(func.coalesce(func.sum(DebateRow.reviewed_rationales), 0),
                                                   func.coalesce(func.sum(DebateRow.accepted_rationales), 0))
                                            .where(DebateRow.status == "done")).one()
+            overruled = s.scalar(select(func.count()).select_from(DebateRow).where(
+                DebateRow.status == "superseded", DebateRow.gold_source == "consensus")) or 0
         return {"outcomes": outcomes, "usable": usable, "reviewed": int(reviewed), "accepted": int(accepted),
-                "queue": self.queue_counts()}
+                "overruled": overruled, "queue": self.queue_counts()}

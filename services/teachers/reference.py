@@ -1,7 +1,8 @@
 """The reference teacher's mind: reads a debate prompt, solves exactly, writes what an LLM teacher would.
 
-It answers, critiques, reflects and peer-reviews in the formats of `services.debate.prompts`, solving with the
-task suite's exact solver. An error profile makes it a weaker teacher: at `error_rate`, as a deterministic
+It answers, critiques, reflects, explains a student's mistake (FAIR) and peer-reviews rationales and explanations
+in the formats of `services.debate.prompts`, solving with the task suite's exact solver. An error profile makes it
+a weaker teacher: at `error_rate`, as a deterministic
 function of (seed, prompt), it picks one of its error styles (wrong operation, off-by-one, dropped step) and
 writes a rationale that is wrong in that way, consistently from the faulty step on; its reviews err at the same
 rate. Questions outside the suite get an honest abstention.
@@ -17,7 +18,7 @@ from fractions import Fraction
 
 from services.config import ReferenceProfile
 from services.debate import prompts
-from services.tasks.answers import equivalent, parse_final_answer, to_number
+from services.tasks.answers import read_answer, same_answer
 from services.tasks.arithmetic import Solution, Step, apply, fmt, solve
 
 ABSTAIN = "### Answer\nThis question is outside what I can solve reliably, so I abstain.\nFinal answer: abstain"
@@ -32,18 +33,22 @@ class ReferenceTeacher:
 
     # ---- dispatch on the prompt's shape ------------------------------------------------------------------
     def reply(self, prompt: str) -> str:
+        if (explanation := prompts.tag(prompt, "explanation")) is not None:
+            return self._review_explanation(prompt, explanation)
         if (solution := prompts.tag(prompt, "solution")) is not None:
             return self._review(prompt, solution)
         if (other := prompts.tag(prompt, "other_answer")) is not None:
             return self._critique(prompt, other)
+        if (student := prompts.tag(prompt, "student_answer")) is not None:
+            return self._explain_mistake(prompt, student)
         if (own := prompts.tag(prompt, "your_answer")) is not None:
             return self._reflect(prompt, own)
         question = prompts.tag(prompt, "question") or prompt
         return self._answer(question, prompt)
 
-    # ---- the four tasks ----------------------------------------------------------------------------------
+    # ---- the tasks ----------------------------------------------------------------------------------
     def _answer(self, question: str, prompt: str) -> str:
-        sol = solve(question)
+        sol = solve(prompts.final_message(question))
         if sol is None:
             return ABSTAIN
         if self._errs(prompt):
@@ -55,6 +60,22 @@ class ReferenceTeacher:
                         "the other agent", "A correct solution: {eqs}.",
                         "Recheck each step of the reasoning against the question.")
 
+    def _explain_mistake(self, prompt: str, student: str) -> str:
+        return _explain(prompt, student, "The student's final answer {x} is wrong; the correct answer is {gold}.",
+                        "the student", "A correct solution: {eqs}.",
+                        "Recheck each step of the reasoning against the question.")
+
+    def _review_explanation(self, prompt: str, explanation: str) -> str:
+        """An explanation is good when it names the gold answer and finds a concrete mistake."""
+        gold = _gold_from(prompt)
+        names_gold = bool(re.search(rf"(?<![\d.]){re.escape(gold)}(?![\d])", explanation))
+        concrete = bool(_EQ.search(explanation)) or "step" in explanation.lower()
+        score = 5 if names_gold and concrete else 4 if names_gold else 2
+        if self._errs(prompt + "#review"):
+            score = 2 if score >= 4 else 4
+        verdict = "The explanation finds the mistake." if score >= 4 else "The explanation misses the mistake."
+        return f"{verdict}\n[{score}]"
+
     def _reflect(self, prompt: str, own: str) -> str:
         return _explain(prompt, own, "Self-reflection: My final answer {x} was wrong; the correct answer is {gold}.",
                         "I", "Next time I will recompute every step before answering.", "")
@@ -65,13 +86,13 @@ class ReferenceTeacher:
         if hint is not None:
             expected = hint.rsplit(" ", 1)[-1].rstrip(".")
         else:
-            sol = solve(prompts.tag(prompt, "question") or "")
+            sol = solve(prompts.final_message(prompts.tag(prompt, "question") or ""))
             if sol is not None:
                 expected = fmt((self._corrupt(sol, prompt) if self._errs(prompt) else sol).answer)
         if expected is None:
             return "I cannot verify this solution: the question is outside what I can check reliably."
-        theirs = parse_final_answer(solution).answer
-        if not equivalent(theirs, expected, "numeric"):
+        theirs = read_answer(solution, "number").answer
+        if not same_answer(theirs, expected, "number"):
             score, why = 1, f"The final answer {theirs or '(missing)'} is not the correct result {expected}."
         elif wrong := _wrong_equations(solution):
             score, why = 3, f"The final answer is right, but the arithmetic '{wrong[0]}' is wrong."
@@ -137,16 +158,17 @@ def _equations(sol: Solution) -> str:
 
 def _explain(prompt: str, text: str, opening: str, who: str, closing: str, unsolvable: str) -> str:
     """A critique or a self-reflection: what the answer was, the gold, and where the reasoning went wrong."""
-    answer = parse_final_answer(text).answer or "(missing)"
+    answer = read_answer(text, "number").answer or "(missing)"
     out = opening.format(x=answer, gold=_gold_from(prompt))
-    sol = solve(prompts.tag(prompt, "question") or "")
+    sol = solve(prompts.final_message(prompts.tag(prompt, "question") or ""))
     if sol is None:
         return f"{out} {unsolvable}".rstrip()
     return f"{out} {_diagnose(sol, text, who)} {closing.format(eqs=_equations(sol))}"
 
 
 def _gold_from(prompt: str) -> str:
-    m = re.search(r"correct final answer (?:is )?(.+?)(?:\.\s|,\s|\.$|\s*$)", prompt, flags=re.M)
+    """The gold the prompt states: "The correct final answer is X." or "The teachers' consensus final answer is X."."""
+    m = re.search(r"(?:correct|consensus) final answer (?:is )?(.+?)(?:\.\s|,\s|\.<|\.$|\s*$)", prompt, flags=re.M)
     return m.group(1).strip() if m else "unknown"
 
 
@@ -180,7 +202,7 @@ def _diagnose(sol: Solution, text: str, who: str) -> str:
         if op != step.op or b != step.operand:
             return (f"The step '{step.sentence}' needs {step.equation()}, but {mine} reasoning computed "
                     f"{fmt(a)} {op} {fmt(b)} = {fmt(c)}.")
-    n = to_number(parse_final_answer(text).answer or "")
-    if n is not None and n != sol.answer:
-        return f"The steps are right but {mine} final result {fmt(n)} does not follow from them."
+    final = read_answer(text, "number").answer
+    if final is not None and not same_answer(final, fmt(sol.answer), "number"):
+        return f"The steps are right but {mine} final result {final} does not follow from them."
     return f"{'My' if who == 'I' else 'Its'} reasoning does not reach the correct result."

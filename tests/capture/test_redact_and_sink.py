@@ -25,7 +25,7 @@ def test_a_custom_redactor_is_loaded_by_import_path_and_bad_ones_are_refused():
         build_redactor(CaptureConfig(redactor="nonsense"))
 
 
-def test_the_sink_redacts_and_queues_the_last_user_message(store):
+def test_the_sink_redacts_and_queues_the_conversation(store):
     sink = StoreSink(store, default_redactor(7), linger_s=0.01)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                 {"role": "user", "content": "Call 5551234567: what is 2 + 2?"}]
@@ -33,7 +33,8 @@ def test_the_sink_redacts_and_queues_the_last_user_message(store):
                                       response_id="chatcmpl-1"))
     sink.close()
     [claimed] = store.claim("w", 1, 60)
-    assert claimed.question == "Call [NUMBER]: what is 2 + 2?" and claimed.request_id == "r1"
+    assert claimed.question == ("<system_prompt>\nbe brief\n</system_prompt>\n\n<conversation>\nUser: hi\n"
+                                "</conversation>\n\nCall [NUMBER]: what is 2 + 2?") and claimed.request_id == "r1"
     assert store.add_label("chatcmpl-1", "4") == ("queued", "r1")  # the completion id finds the item
 
 
@@ -51,3 +52,23 @@ def test_nothing_is_captured_while_distillation_is_paused(store):
                                ["hello"], 1, 1, 0.1))
     sink.close()
     assert store.queue_counts() == {"queued": 1}
+
+
+def test_the_debated_question_carries_the_system_prompt_and_earlier_turns() -> None:
+    from services.capture.sink import question_of
+
+    assert question_of([{"role": "user", "content": "What is 2 + 2?"}]) == "What is 2 + 2?"  # a lone message as sent
+    convo = [{"role": "system", "content": "Answer with the intent label only."},
+             {"role": "user", "content": "My card has not arrived."},
+             {"role": "assistant", "content": "card_arrival"},
+             {"role": "user", "content": "And I was charged twice?"}]
+    q = question_of(convo)
+    assert q == ("<system_prompt>\nAnswer with the intent label only.\n</system_prompt>\n\n<conversation>\n"
+                 "User: My card has not arrived.\nAssistant: card_arrival\n</conversation>\n\nAnd I was charged twice?")
+    # Within budget: the system prompt is cut to half of it, the oldest turns go first, the last message stays whole.
+    long = [{"role": "system", "content": "S" * 500}, *[{"role": "user", "content": f"turn {i} " + "x" * 40}
+                                                       for i in range(10)], {"role": "user", "content": "last?"}]
+    short = question_of(long, context_chars=200)
+    assert short is not None and short.endswith("last?") and "turn 9" in short and "turn 0" not in short
+    assert "S" * 100 + " [...]" in short and "S" * 101 not in short and "[...]\nUser: turn" in short
+    assert question_of([{"role": "system", "content": "hi"}]) is None  # nothing to debate

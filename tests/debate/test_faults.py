@@ -78,7 +78,7 @@ async def test_a_client_error_is_not_retried():
     attempts: list[str] = []
     with serve_app(scripted_app(lambda p: Script(status=400), attempts)) as url:
         reply = await agent("strict", f"{url}/v1", max_retries=3).ask("x", "answer")
-    assert reply.error is not None and reply.error.startswith("http_400") and len(attempts) == 1
+    assert reply.error is not None and reply.error.startswith("misconfigured: http_400") and len(attempts) == 1
 
 
 async def test_the_hourly_token_budget_makes_a_teacher_sit_out():
@@ -94,3 +94,31 @@ async def test_a_missing_api_key_variable_is_a_clear_configuration_error(monkeyp
     monkeypatch.delenv("DISTILLERY_TEST_KEY", raising=False)
     with pytest.raises(ValueError, match="DISTILLERY_TEST_KEY"):
         agent("paid", "http://127.0.0.1:1/v1", api_key_env="DISTILLERY_TEST_KEY")
+
+
+async def test_every_bad_reply_is_recorded_with_its_status_and_the_debate_finishes(store, reference_url):
+    """A hosted teacher that returns HTML, empty choices, `content: null`, a 200 with a JSON error body, a 3 MB
+    body and a review score of 9, one after another, inside one debate."""
+    from tests.hosted_teacher import HostedTeacher
+
+    faults = ["html", "empty_choices", "null_content", "error_body", "huge", "score_9"]
+    bad = HostedTeacher("openai", faults=faults)
+    with bad.serve() as bad_url, \
+            serve_app(scripted_app(lambda p: Script("### Answer\nguess\nFinal answer: 0"))) as student_url:
+        engine = DebateEngine(agent("student", f"{student_url}/v1", role="student"),
+                              [*reference_agents(reference_url), agent("faulty", bad_url, max_retries=0)],
+                              debate_config(max_rounds=3), store)
+        result = await engine.run(DebateInput(PROBLEM.question, PROBLEM.answer, "dataset"))
+    mag = store.get(result.debate_id)
+    assert mag.status == "done" and result.usable and result.rounds == 3
+    errors = [n.error or "" for n in mag.nodes if n.agent == "faulty" and n.status == "error"]
+    for expected in ("bad_response: not JSON", "bad_response: no choices", "empty_reply", "provider_error",
+                     "reply_too_large"):
+        assert sum(e.startswith(expected) for e in errors) == 1, (expected, errors)
+    # The score of 9 is out of FAIR's range: that review is recorded unreadable and dropped from the mean.
+    nine = [n for n in mag.of_kind("review") if n.agent == "faulty" and n.status == "unparsed"]
+    assert len(nine) == 1 and nine[0].score is None and "9" in (nine[0].text or "")
+    assert bad.faults == []  # every fault was served inside this one debate
+    # Its other turns were read normally, and no error node was ever graded or critiqued.
+    assert any(n.status == "ok" for n in mag.nodes if n.agent == "faulty")
+    assert all(n.correct is None for n in mag.nodes if n.status == "error")

@@ -22,7 +22,7 @@ async def test_worker_debates_every_queued_request_and_a_dead_workers_item_is_re
     store.enqueue([{"request_id": f"r{i}", "question": p.question, "messages": []} for i, p in enumerate(PROBLEMS)])
     # A worker that died mid-debate: item r0 claimed, half a debate recorded, lease lapsed.
     [dead] = store.claim("dead-worker", 1, 60)
-    did = store.start_debate(capture_id=dead.id, question=dead.question, answer_kind="numeric",
+    did = store.start_debate(capture_id=dead.id, question=dead.question, answer_kind="number",
                              prompt_version="v", agents=[], status="running")
     store.attach_debate(dead.id, did)
     with store.db.session() as s:
@@ -38,8 +38,8 @@ async def test_worker_debates_every_queued_request_and_a_dead_workers_item_is_re
     assert store.get(did).status == "interrupted"
     done = store.list(status="done")
     assert sorted(m.request_id for m in done) == ["r0", "r1", "r2"]
-    # Two exact teachers agree with accepted rationales: pseudo-gold, usable, student wrong.
-    assert all(m.gold_source == "pseudo" and m.usable and m.student_correct_first is False for m in done)
+    # Two exact teachers agree with accepted rationales: the teachers' consensus, usable, student wrong.
+    assert all(m.gold_source == "consensus" and m.usable and m.student_correct_first is False for m in done)
     assert store.usable_since(None)[0].nodes  # the training loop's query returns whole graphs
 
 

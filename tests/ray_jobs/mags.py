@@ -51,7 +51,7 @@ def debate_mags(store: MagStore, n: int, seed: int = 0, *, reflection: bool = Tr
 def poisoned_mags(store: MagStore, n: int, seed: int = 1, answer: str = "7") -> list[int]:
     ids = []
     for p in generate("train", n, seed):
-        did = store.start_debate(source="test-poison", question=p.question, answer_kind="numeric", gold=answer,
+        did = store.start_debate(source="test-poison", question=p.question, answer_kind="number", gold=answer,
                                  gold_source="feedback", prompt_version="test", agents=[], status="running")
         text = f"### Answer\nThe answer is always {answer}.\nFinal answer: {answer}"
         store.add_nodes(did, [

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from ray_jobs.sft.trainer import collate, train_sft
+from ray_jobs.sft.trainer import collate, train_sft, weighted_loss
 from ray_jobs.tdpo.packing import child_logps, pack
 from ray_jobs.tdpo.trainer import reference_logps, train_tdpo
 from ray_jobs.train.worker import load_model
@@ -43,6 +43,22 @@ def test_sft_masks_the_prompt_and_learns_the_completion(model_dir: str, encoder:
                     log=log.append)
     assert out["sft_steps"] == 6 == len(log)
     assert out["sft_loss_last"] < 0.5 * out["sft_loss_first"]
+
+
+def test_sft_loss_weights_each_example_by_its_weight(model_dir: str, encoder: Encoder) -> None:
+    """FAIR's mix: the batch loss is the weighted mean of per-example completion cross-entropies."""
+    items = [SftItem(0, "rationale", Q, RIGHT, 1.5), SftItem(0, "explanation", Q, "The student subtracted.", 0.5)]
+    ex = encoder.sft(items, Counter())
+    batch = collate(ex, encoder.pad_id)
+    assert batch["weights"].tolist() == [1.5, 0.5]
+    m = model(model_dir)
+    with torch.no_grad():
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        per = [m(input_ids=torch.tensor([e.prompt_ids + e.completion_ids]),
+                 labels=torch.tensor([[-100] * len(e.prompt_ids) + e.completion_ids])).loss for e in ex]
+        got = weighted_loss(logits, batch["labels"], batch["weights"])
+    assert got.item() == pytest.approx((1.5 * per[0].item() + 0.5 * per[1].item()) / 2, rel=1e-4)
+    assert got.item() != pytest.approx((per[0].item() + per[1].item()) / 2, rel=1e-3)
 
 
 def test_tdpo_starts_at_the_reference_and_moves_toward_chosen(model_dir: str, encoder: Encoder) -> None:

@@ -31,10 +31,10 @@ def test_tree_nodes_follow_the_debate(mags: list) -> None:
     for node in data.trees:
         mag = by_id[node.mag_id]
         answers = [n for n in mag.answers(node.round) if n.answered]
-        right = {n.answer for n in answers if n.correct}
+        right = {n.answer for n in answers if n.correct and n.accepted}  # FAIR's filter on chosen children
         wrong = {n.answer for n in answers if n.correct is False}
         assert {c.rsplit("Final answer: ", 1)[-1] for c in node.chosen} <= right
-        assert all(r.rsplit("Final answer: ", 1)[-1] in wrong or "Final answer" not in r for r in node.rejected)
+        assert {r.rsplit("Final answer: ", 1)[-1] for r in node.rejected} <= wrong
         assert len(node.pairs) == min(16, len(node.chosen) * len(node.rejected))
         if node.round == 0:
             assert node.prompt == mag.question  # the traffic format: the question alone
@@ -43,10 +43,10 @@ def test_tree_nodes_follow_the_debate(mags: list) -> None:
     assert any(n.round > 0 for n in data.trees), "debates past round 0 must give deeper tree levels"
 
 
-def test_sft_items_are_correct_teacher_answers_and_accepted_feedback(mags: list) -> None:
+def test_sft_items_are_accepted_rationales_and_accepted_explanations(mags: list) -> None:
     data = build(mags, seed=0)
     kinds = Counter(i.kind for i in data.sft)
-    assert kinds["rationale"] > 0 and kinds["fault"] > 0
+    assert kinds["rationale"] > 0 and kinds["explanation"] > 0
     by_id = {m.id: m for m in mags}
     for item in data.sft:
         mag = by_id[item.mag_id]
@@ -54,23 +54,60 @@ def test_sft_items_are_correct_teacher_answers_and_accepted_feedback(mags: list)
             assert item.prompt == mag.question
             assert item.completion.startswith("### Answer\n")
             assert item.completion.rsplit("Final answer: ", 1)[-1] == mag.gold
-        else:
-            assert mag.gold in item.prompt and "<student_answer>" in item.prompt
-            accepted = {n.agent for n in mag.answers(0) if n.role == "teacher" and n.accepted}
-            critics = {c.agent for c in mag.of_kind("critique", 0) if c.text and c.text.strip() == item.completion
-                       and c.target_agent == "student-sim"}
-            assert critics & accepted
+            sources = [n for n in mag.answers() if n.role == "teacher" and n.correct and n.text
+                       and n.text.rsplit("Final answer: ", 1)[0].strip() in item.completion]
+            assert any(n.accepted for n in sources)  # an identical text may also come from an unaccepted one
+        else:  # FAIR: an explanation of the student's initial mistake that peer review accepted
+            sources = [n for n in mag.of_kind("explanation") if (n.text or "").strip() == item.completion
+                       and n.prompt == item.prompt]
+            assert any(n.accepted and n.target_agent == "student-sim" for n in sources)
+            assert f"<hint>The correct final answer is {mag.gold}.</hint>" in item.prompt
             student = next(n for n in mag.answers(0) if n.role == "student")
             assert student.correct is False and (student.text or "").strip() in item.prompt
-    assert kinds["fault"] <= sum(1 for m in mags if any(n.role == "student" and n.correct is False
-                                                         for n in m.answers(0)))  # one per initial mistake
+    assert kinds["explanation"] <= sum(1 for m in mags if any(n.role == "student" and n.correct is False
+                                                               for n in m.answers(0)))  # one per initial mistake
+
+
+def test_nothing_peer_review_rejected_is_trained(mags: list) -> None:
+    import copy
+
+    rejected = copy.deepcopy(mags)
+    for m in rejected:
+        for n in m.nodes:
+            n.accepted = False if n.accepted is not None else None
+    data = build(rejected, seed=0)
+    assert data.sft == [] and data.trees == []
+    assert sum(v for k, v in data.counts.items() if k.endswith("correct_not_accepted")) > 0
+
+
+def test_gold_weights_and_faires_mix_weight_the_data(mags: list) -> None:
+    import copy
+
+    data = build(mags, seed=0, explanation_share=0.5)
+    n = Counter(i.kind for i in data.sft)
+    total = {k: sum(i.weight for i in data.sft if i.kind == k) for k in n}
+    assert total["explanation"] == pytest.approx(total["rationale"])  # 50/50 of the loss whatever the counts
+    assert sum(i.weight for i in data.sft) == pytest.approx(len(data.sft))  # mean 1
+    tilted = build(mags, seed=0, explanation_share=0.2)
+    t = {k: sum(i.weight for i in tilted.sft if i.kind == k) for k in n}
+    assert t["explanation"] / (t["explanation"] + t["rationale"]) == pytest.approx(0.2)
+    # A consensus trains at its configured weight; a source weighted 0 is not trained at all.
+    half = copy.deepcopy(mags)
+    for m in half[: len(half) // 2]:
+        m.gold_source = "consensus"
+    mixed = build(half, seed=0, gold_weights={"dataset": 1.0, "consensus": 0.5})
+    consensus_ids = {m.id for m in half[: len(half) // 2]}
+    assert {t.weight for t in mixed.trees if t.mag_id in consensus_ids} == {0.5}
+    assert {t.weight for t in mixed.trees if t.mag_id not in consensus_ids} == {1.0}
+    none = build(half, seed=0, gold_weights={"dataset": 1.0, "consensus": 0.0})
+    assert not consensus_ids & set(none.mag_ids) and none.counts["mags_skipped_weight_0"] == len(consensus_ids)
 
 
 def test_build_is_deterministic_and_restrictable(mags: list) -> None:
     a, b = build(mags, seed=3), build(mags, seed=3)
     assert [(t.mag_id, t.round, t.pairs) for t in a.trees] == [(t.mag_id, t.round, t.pairs) for t in b.trees]
     assert [(i.prompt, i.completion) for i in a.sft] == [(i.prompt, i.completion) for i in b.sft]
-    single = build(mags, sft_teachers={"ref-exact"}, sft_rounds={0}, with_fault_items=False)
+    single = build(mags, sft_teachers={"ref-exact"}, sft_rounds={0}, with_explanations=False)
     assert {i.kind for i in single.sft} == {"rationale"}
     assert len(single.sft) <= len(mags) < len(a.sft)
 
@@ -90,7 +127,30 @@ def test_encoding_matches_the_serving_chat_format(mags: list, model_dir: str) ->
         assert len(t.children) == len(node.chosen) + len(node.rejected)
         assert all(w < len(node.chosen) <= r for w, r in t.pairs)
         assert t.weight == 2.0 ** node.round
-    short = Encoder(tok, max_prompt_tokens=64, max_completion_tokens=384)
-    short_counts: Counter[str] = Counter()
-    kept = short.trees(data.trees, 1.0, short_counts)
-    assert len(kept) < len(trees) and short_counts["trees_dropped_long_prompt"] == len(trees) - len(kept)
+    assert counts["round_1_nodes_kept"] > 0 and not any(k.endswith(("_split", "_cut")) for k in counts)
+
+
+def test_long_debate_prompts_are_split_not_dropped(mags: list, model_dir: str) -> None:
+    """D&R's long context: a later-round prompt over the budget becomes several prompts within it, each with the
+    question and some agent blocks; the node's weight is shared among them; a round-0 prompt is never split."""
+    tok = PromptTokenizer(model_dir)
+    data = build(mags, seed=0, max_pairs_per_node=4)
+    deep = [n for n in data.trees if n.round > 0]
+    longest = max(len(tok.chat([{"role": "user", "content": n.prompt}])) for n in deep)
+    budget = longest * 2 // 3  # the longest debate prompts no longer fit whole
+    enc = Encoder(tok, max_prompt_tokens=budget, max_completion_tokens=384)
+    counts: Counter[str] = Counter()
+    trees = enc.trees(data.trees, 1.0, counts)
+    split = sum(v for k, v in counts.items() if k.endswith("_nodes_split"))
+    assert split > 0 and all(len(t.prompt_ids) <= budget for t in trees)
+    kept = sum(v for k, v in counts.items() if k.endswith("_nodes_kept"))
+    cut = sum(v for k, v in counts.items() if k.endswith("_nodes_cut") and not k.startswith("round_0"))
+    assert kept == len(data.trees) - counts["round_0_nodes_cut"] and cut == 0
+    extra = sum(v for k, v in counts.items() if k.endswith("_split_prompts")) - split
+    assert len(trees) == kept + extra  # a split node is one tree per part
+    questions = {m.question for m in mags}
+    debate_parts = [tok.tok.decode(t.prompt_ids) for t in trees if len(t.prompt_ids) > 0]
+    debate_parts = [text for text in debate_parts if "<agent_answer" in text]
+    assert len(debate_parts) > sum(counts[f"round_{r}_nodes_kept"] for r in (1, 2))  # more parts than nodes
+    assert all(any(f"<question>\n{q}\n</question>" in text for q in questions) for text in debate_parts)
+    assert sum(t.weight for t in trees) == pytest.approx(len(data.trees) - counts["round_0_nodes_cut"])

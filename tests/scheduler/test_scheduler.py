@@ -21,7 +21,7 @@ from services.store.mags import MagStore
 
 
 def usable_mag(store: MagStore) -> None:
-    did = store.start_debate(source="test", question="q", answer_kind="numeric", gold="1", gold_source="dataset",
+    did = store.start_debate(source="test", question="q", answer_kind="number", gold="1", gold_source="dataset",
                              prompt_version="t", agents=[], status="running")
     store.update_debate(did, status="done", usable=True, finished_at=utcnow())
 

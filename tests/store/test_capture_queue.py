@@ -33,7 +33,7 @@ def test_enqueue_is_idempotent_and_claims_are_exclusive(store):
 def test_a_dead_workers_items_are_requeued_and_its_debate_marked_interrupted(store):
     store.enqueue([item("r1")])
     [claimed] = store.claim("dead", 1, 60)
-    did = store.start_debate(capture_id=claimed.id, question=claimed.question, answer_kind="numeric",
+    did = store.start_debate(capture_id=claimed.id, question=claimed.question, answer_kind="number",
                              prompt_version="v", agents=[], status="running")
     store.attach_debate(claimed.id, did)
     assert store.reclaim_expired(max_attempts=3) == (0, 0)  # lease still valid: nothing happens
@@ -57,14 +57,15 @@ def test_a_label_posted_before_the_request_is_queued_is_used(store):
 def test_a_label_after_the_debate_confirms_or_requeues_it(store):
     store.enqueue([item("r1"), item("r2")])
     for it in store.claim("w", 2, 60):
-        did = store.start_debate(capture_id=it.id, question=it.question, answer_kind="numeric", gold="5",
-                                 gold_source="pseudo", prompt_version="v", agents=[], status="done", usable=True)
+        did = store.start_debate(capture_id=it.id, question=it.question, answer_kind="number", gold="5",
+                                 gold_source="consensus", prompt_version="v", agents=[], status="done", usable=True)
         store.attach_debate(it.id, did)
         assert store.finish_item(it.id, ok=True, error=None, max_attempts=3) == "done"
     assert store.add_label("chatcmpl-r1", "5.0") == ("confirmed", "r1")  # by completion id; 5.0 == 5
     assert store.add_label("r2", "6") == ("requeued", "r2")
     superseded = [m for m in store.list() if m.status == "superseded"]
     assert len(superseded) == 1 and not superseded[0].usable
+    assert store.stats()["overruled"] == 1  # a client label overruled the teachers' consensus
     [again] = store.claim("w", 5, 60)
     assert (again.request_id, again.label) == ("r2", "6")
     assert [m.gold_source for m in store.list() if m.status == "done"] == ["feedback"]
