@@ -153,6 +153,9 @@ def test_gpu_values_put_the_student_and_training_on_gpus_and_read_secrets() -> N
     assert cfg["student"]["num_gpus"] == 1 and cfg["training"]["use_gpu"] is True
     assert [t["base_url_env"] for t in cfg["debate"]["teachers"]] == ["DISTILLERY_TEACHER_0_URL",
                                                                        "DISTILLERY_TEACHER_1_URL"]
+    reasoner = Settings(**cfg).debate.teachers[1]  # per-teacher options reach the typed config
+    assert (reasoner.max_tokens_param, reasoner.send_temperature, reasoner.max_tokens) == (
+        "max_completion_tokens", False, 4096)
     env = {e["name"]: e for e in c["env"]}
     assert env["DISTILLERY_TEACHER_0_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "distillery-teachers",
                                                                            "key": "teacher-a-key"}

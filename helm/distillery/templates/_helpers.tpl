@@ -78,6 +78,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $t.apiKeyKey -}}
 {{- $_ := set $entry "api_key_env" (printf "DISTILLERY_TEACHER_%d_KEY" $i) -}}
 {{- end -}}
+{{- $entry = merge $entry (deepCopy ($t.options | default dict)) -}}
 {{- $teachers = append $teachers $entry -}}
 {{- end -}}
 {{- $debate := default dict $cfg.debate -}}
