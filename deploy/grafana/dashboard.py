@@ -118,6 +118,12 @@ ROWS = [
             f'(sum by (agent) (rate(distillery_teacher_requests_total{{outcome="error"}}[{RATE}])) or 0 * sum by '
             f"(agent) (rate(distillery_teacher_requests_total[{RATE}]))) / sum by (agent) "
             f"(rate(distillery_teacher_requests_total[{RATE}]))", "{{agent}}")], "percentunit", max=1),
+        Panel("Replies by how they were read", [q(
+            f"sum by (agent, status) (rate(distillery_teacher_replies_total[{RATE}]))", "{{agent}} {{status}}")],
+              stack=True, description="Answer replies per second: ok (graded), unparsed, abstained, truncated (never "
+              "graded). A teacher with many unparsed replies writes a final-answer form the readers do not know."),
+        Panel("Misconfigured teachers", [q("max by (agent) (distillery_teacher_misconfigured)", "{{agent}}")],
+              max=1, description="1 while a teacher's endpoint refuses its requests with a 4xx (see the runbook)."),
         Panel("Teacher latency p99", [q(f"histogram_quantile(0.99, sum by (le, agent) "
                                         f"(rate(distillery_teacher_latency_seconds_bucket[{RATE}])))", "{{agent}}")],
               "s"),
