@@ -88,6 +88,9 @@ def test_traffic_becomes_usable_mags_and_survives_a_killed_service(model_dir, tm
 
         # More traffic, then a hard kill while a debate runs.
         later = [ask(client, p.question) for p in problems[1:]]
+        # Captured = committed to the queue (the sink's buffer lingers milliseconds); then kill mid-debate.
+        wait_for(lambda: set(later) <= {r[0] for r in rows(data, "select request_id from capture_queue")}, 30,
+                 "the later requests in the capture queue")
         wait_for(lambda: rows(data, "select count(*) from debates where status='running'")[0][0] >= 1, 120,
                  "a running debate")
         os.killpg(svc.proc.pid, signal.SIGKILL)
