@@ -1,26 +1,40 @@
 """Reading an agent's final answer from a reply as hosted models write it, and deciding whether it is right.
 
-One reader per answer type (issue 13 adds `label` and `json` behind the same two functions):
+One reader per answer type, all behind the same functions (`read_answer`, `read_for_eval`, `same_answer`,
+`is_valid`), which take the type alone or an `AnswerSpec` (the type with its label set or JSON Schema):
   number  math and numbers, compared by HF `math-verify` (fractions, LaTeX, `\\boxed{}`, thousands separators,
           units, percentages); no hand-written float comparer beside it;
   choice  option letters: `C`, `(C)`, `Option C`, `C) text`;
-  text    a short phrase, compared after normalisation (case, punctuation, articles).
+  label   one of a closed label set (intents, categories): read as `text` is, then mapped to the set, exactly or
+          without case, spaces/`-`/`_` differences, quotes, a trailing period or a trailing `(remark)`, to the
+          label as the set writes it; an answer outside the set is still an answer (`ok`), a wrong one
+          (`is_valid` False). Compared exactly. With an empty label set it reads like `text`;
+  text    a short phrase, compared after normalisation (case, punctuation, articles);
+  json    a JSON value: the whole reply, else the last ```json fence, else the last balanced `{...}` object in it,
+          returned as canonical JSON (keys sorted, no spaces). Compared field by field (keys as sets, lists in
+          order, numbers as numbers, strings after text normalisation), after validation against the schema.
 
 Where the final answer sits: `Final answer: X` (with markdown bold around either part, `is`/`:`/`=` after it), a
 `## Final answer` / `**Final Answer**` heading with X on the next line, `The final answer is X`, `\\boxed{X}`,
 `**Answer:** X` / `Answer: X` at the start of a line, a trailing JSON object `{"answer": X}` (bare or in a fence),
-`The answer is X`. The last one written wins, whatever its form, so a reply that changes its mind is read at its
-last word. `<think>...</think>` reasoning is not read. X is the rest of the marker's line (after a heading, the
-next line with content), with markdown (`**`, backticks, `$`, `\\text{}`) and a trailing period removed; a choice
-answer is reduced to its letter. Without any marker a reply is still read when it is nothing but the answer: a
-number for `number` (never the last number of a longer text: that is only `read_for_eval`'s fallback), for
-`choice` a letter (`C`, `(C)`, `**C**`, `... option C`) on its last line or `C) text` as the whole reply.
+`The answer is X` (for every type but `json`, read as above). The last one written wins, whatever its form, so a
+reply that changes its mind is read at its last word. `<think>...</think>` reasoning is not read. X is the rest of
+the marker's line (after a heading, the next line with content), with markdown (`**`, backticks, `$`, `\\text{}`)
+and a trailing period removed; a choice answer is reduced to its letter. Without any marker a reply is still read
+when it is nothing but the answer: a number for `number` (never the last number of a longer text: that is only
+`read_for_eval`'s fallback), for `choice` a letter (`C`, `(C)`, `**C**`, `... option C`) on its last line or
+`C) text` as the whole reply, for `label` a label of the set as the whole reply (one line).
+
+`read_for_eval` grades a served reply in the app's own format: for `label` the whole reply must be a label as the
+set writes it (surrounding whitespace, quotes and one trailing period aside; anything else is graded as written, so
+wrong), for `json` the whole reply (in one code fence or not) must be JSON (else nothing to grade). JSON is only
+parsed up to 100 kB and 64 levels of nesting, so hostile input costs little.
 
 Four outcomes: `ok` (an answer, to be graded), `unparsed` (no final answer found), `abstained` (the agent said it
-does not know: `I don't know`, `abstain`, `cannot be determined`, `unknown`, `N/A`, `insufficient information`...
-as the final answer, or a reply that refuses outright without one), `truncated` (the reply was cut at
-`max_tokens`, `finish_reason == "length"`). Only `ok` is ever graded: the other three are never wrong, never
-critiqued, never a rejected child.
+does not know: `I don't know`, `abstain`, `cannot be determined`, `unknown`, `N/A`, `insufficient information`... as
+the final answer, or a reply that refuses outright without one or, for `json`, without any JSON), `truncated` (the
+reply was cut at `max_tokens`, `finish_reason == "length"`). Only `ok` is ever graded: the other three are never
+wrong, never critiqued, never a rejected child.
 
 An answer and its gold go to math-verify as written when plain (`1,234`, `42 apples`, `$42`, `50%`), inside
 `$...$` when they hold LaTeX: the form each of its two readers gets right. math-verify runs with its timeouts
@@ -42,11 +56,43 @@ import logging
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
-AnswerType = Literal["number", "choice", "text"]
+AnswerType = Literal["number", "choice", "label", "text", "json"]
 Status = Literal["ok", "unparsed", "abstained", "truncated"]
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """An answer type with what its answers are checked against: the label set of `label`, the JSON Schema of
+    `json` (None: any JSON value). Equal specs hash alike; the schema is compared but not hashed."""
+
+    type: AnswerType
+    labels: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.type not in get_args(AnswerType):
+            raise ValueError(f"unknown answer type {self.type!r}")
+        if isinstance(self.labels, str):
+            raise ValueError("labels must be a sequence of labels, not one string")
+        if not isinstance(self.labels, tuple):  # a list from a config
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if not all(isinstance(label, str) for label in self.labels):
+            raise ValueError("labels must be strings")
+        if self.schema is not None:
+            _validator(_schema_key(self.schema))  # an invalid schema is refused here, not at the first answer
+
+    @classmethod
+    def of(cls, x: AnswerType | AnswerSpec) -> AnswerSpec:
+        return spec_of(x)
+
+
+def spec_of(x: AnswerType | AnswerSpec) -> AnswerSpec:
+    """The spec of an answer type given alone (no labels, no schema), or the spec itself."""
+    return x if isinstance(x, AnswerSpec) else AnswerSpec(x)
 
 
 @dataclass(frozen=True)
@@ -122,47 +168,102 @@ _MAX_MATH_CHARS = 200
 _MAX_CANDIDATES = 64  # markers tried, from the last one back
 
 
-def read_answer(text: str | None, answer_type: AnswerType, *, finish_reason: str | None = None) -> Reading:
+def read_answer(text: str | None, spec: AnswerType | AnswerSpec, *, finish_reason: str | None = None) -> Reading:
     """The final answer of a reply. `finish_reason == "length"` -> `truncated` whatever the text holds."""
+    spec = spec_of(spec)
     if finish_reason == "length":
         return Reading(None, "truncated")
     body = _body(text)
     if not body.strip():
         return Reading(None, "unparsed")
+    if spec.type == "json":
+        return _read_json(body)
     raw = _marked_answer(body)
     if raw is None:
-        return _unmarked(body, answer_type)
+        return _unmarked(body, spec)
+    if spec.type == "label" and spec.labels:
+        label = _to_label(raw, spec.labels)  # before abstentions: `unknown` may be a label
+        if label is not None:
+            return Reading(label, "ok")
     if _is_abstention(raw):
         return Reading(None, "abstained")
-    if answer_type == "choice":
+    if spec.type == "choice":
         letter = _letter(raw)
         return Reading(letter, "ok") if letter else Reading(None, "unparsed")
     return Reading(raw, "ok")
 
 
-def read_for_eval(text: str | None, answer_type: AnswerType) -> str | None:
+def read_for_eval(text: str | None, spec: AnswerType | AnswerSpec) -> str | None:
     """What an evaluation grades, as D&R's evaluation reads a served reply: `read_answer`'s answer, else the last
     number in the text for a `number` question. None when there is nothing to grade.
 
-    The fallback applies to an `unparsed` reply only: an abstention has nothing to grade."""
-    reading = read_answer(text, answer_type)
-    if reading.status != "unparsed" or answer_type != "number":
+    The fallback applies to an `unparsed` reply only: an abstention has nothing to grade. `label` and `json` replies
+    are graded in the app's format instead: the label alone (else the reply as written, wrong), JSON alone (else
+    None)."""
+    spec = spec_of(spec)
+    if spec.type == "label":
+        return _label_alone(_body(text), spec.labels)
+    if spec.type == "json":
+        value = _json_alone(_body(text))
+        return None if value is _NO_JSON else _canonical(value)
+    reading = read_answer(text, spec)
+    if reading.status != "unparsed" or spec.type != "number":
         return reading.answer
     found = _LAST_NUMBER.findall(_body(text))
     return found[-1].rstrip(",") if found else None
 
 
-def same_answer(answer: str | None, gold: str | None, answer_type: AnswerType) -> bool:
+def same_answer(answer: str | None, gold: str | None, spec: AnswerType | AnswerSpec) -> bool:
     """Whether `answer` counts as `gold`. None on either side is never the same."""
+    spec = spec_of(spec)
     if answer is None or gold is None:
         return False
-    if answer_type == "choice":
+    if spec.type == "choice":
         a, g = _letter(_clean(answer)), _letter(_clean(gold))
         return a is not None and a == g
-    if answer_type == "number":
+    if spec.type == "number":
         return _same_number(answer, gold)
+    if spec.type == "label":
+        a, g = answer.strip(), gold.strip()
+        return bool(a) and a == g and (not spec.labels or g in spec.labels)
+    if spec.type == "json":
+        a_value, g_value = _json_alone(answer), _json_alone(gold)
+        if a_value is _NO_JSON or g_value is _NO_JSON:
+            return False
+        if spec.schema is not None and not _validator(_schema_key(spec.schema)).is_valid(a_value):
+            return False
+        return _same_json(a_value, g_value)
     a, g = _norm_text(answer), _norm_text(gold)
     return bool(a) and a == g
+
+
+def is_valid(answer: str | None, spec: AnswerType | AnswerSpec) -> bool:
+    """Whether an answer is one the task allows: a label of the set (any answer when the set is empty), JSON valid
+    against the schema (any JSON value without one); any answer of the other types. None is never valid."""
+    spec = spec_of(spec)
+    if answer is None:
+        return False
+    if spec.type == "label":
+        return not spec.labels or answer in spec.labels
+    if spec.type == "json":
+        value = _json_alone(answer)
+        if value is _NO_JSON:
+            return False
+        return spec.schema is None or _validator(_schema_key(spec.schema)).is_valid(value)
+    return True
+
+
+def json_field_accuracy(answer: str | None, gold: str | None) -> float:
+    """The share of the gold object's top-level fields the answer gets right (`same_answer`'s rule per value), for
+    reports; fields the answer adds do not count. 0.0 when either is not a JSON object; an empty gold object is
+    matched by an empty answer object only."""
+    a = _json_alone(answer) if answer is not None else _NO_JSON
+    g = _json_alone(gold) if gold is not None else _NO_JSON
+    if not isinstance(a, dict) or not isinstance(g, dict):
+        return 0.0
+    if not g:
+        return float(not a)
+    return sum(key in a and _same_json(a[key], value) for key, value in g.items()) / len(g)
 
 
 def answer_type_of(gold: str) -> AnswerType:
@@ -313,22 +414,30 @@ def _json_value(value: Any) -> str | None:
     return str(value)
 
 
-def _unmarked(body: str, answer_type: AnswerType) -> Reading:
+def _unmarked(body: str, spec: AnswerSpec) -> Reading:
     """A reply without a marker: the answer alone, an abstention or refusal, else unparsed."""
     lines = [ln for ln in body.split("\n") if ln.strip()]
     first, last = _clean(lines[0]), _clean(lines[-1])
+    answer_type = spec.type
     if answer_type == "number" and len(lines) == 1 and _ONLY_NUMBER.fullmatch(first):
         return Reading(first, "ok")
+    if answer_type == "label" and spec.labels and len(lines) == 1 and first:
+        label = _to_label(first, spec.labels)
+        if label is not None:
+            return Reading(label, "ok")
     if answer_type == "choice" and last:
         # `C) Paris` only as the whole reply: as the last of several lines it is a list of the options
         lead = _LETTER_LEAD.match(last) if len(lines) == 1 else None
         m = _LETTER_ONLY.fullmatch(last) or lead or _LETTER_LAST.search(last)
         if m and (m.group(1).isupper() or last.startswith("(") or len(lines) == 1):
             return Reading(m.group(1).upper(), "ok")
+    return Reading(None, "abstained") if _refuses(body, first) else Reading(None, "unparsed")
+
+
+def _refuses(body: str, first: str) -> bool:
+    """Whether a reply without an answer abstains (its first line) or refuses outright (its opening)."""
     opening = " ".join(body[:400].replace("\u2019", "'").split())
-    if _is_abstention(first) or _REFUSAL.match(opening):
-        return Reading(None, "abstained")
-    return Reading(None, "unparsed")
+    return _is_abstention(first) or bool(_REFUSAL.match(opening))
 
 
 def _clean(raw: str) -> str:
@@ -388,9 +497,239 @@ def _letter(answer: str | None) -> str | None:
 
 
 def _norm_text(answer: str) -> str:
-    s = unicodedata.normalize("NFKC", _clean(answer)).casefold()
+    return _norm_words(_clean(answer))
+
+
+def _norm_words(s: str) -> str:
+    """Words only: case, punctuation and articles dropped."""
+    s = unicodedata.normalize("NFKC", s).casefold()
     s = re.sub(r"[^\w\s]", " ", s)
     return " ".join(w for w in s.split() if w not in {"a", "an", "the"})
+
+
+# --- labels -------------------------------------------------------------------------------------------------------
+
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+_LABEL_SEP = re.compile(r"[\s_-]+")
+_REMARK = re.compile(r"(?<=\S)[ \t]+\([^()]*\)$")  # "card_arrival (the card has not come)"
+
+
+def _label_key(s: str) -> str:
+    """A label as compared without its spelling: case, spaces/`-`/`_`, quotes and a trailing period aside."""
+    s = unicodedata.normalize("NFKC", s).casefold().strip().strip(_QUOTES).strip()
+    s = s[:-1] if s.endswith(".") else s
+    return _LABEL_SEP.sub(" ", s.strip(_QUOTES)).strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _label_index(labels: tuple[str, ...]) -> tuple[frozenset[str], dict[str, str | None]]:
+    """The set, and each label by its key (None for a key two labels share: no guess between them)."""
+    by_key: dict[str, str | None] = {}
+    for label in labels:
+        key = _label_key(label)
+        by_key[key] = label if by_key.get(key, label) == label else None
+    return frozenset(labels), by_key
+
+
+def _to_label(answer: str, labels: tuple[str, ...]) -> str | None:
+    """The label of the set an answer names, as the set writes it; None when it names none."""
+    exact, by_key = _label_index(labels)
+    candidates = (answer, _REMARK.sub("", answer))
+    for candidate in candidates:
+        if candidate in exact:
+            return candidate
+    for candidate in candidates:
+        label = by_key.get(_label_key(candidate))
+        if label is not None:
+            return label
+    return None
+
+
+def _label_alone(body: str, labels: tuple[str, ...]) -> str | None:
+    """A served reply as the app reads it: a label verbatim (whitespace, quotes, one trailing period aside), else the
+    reply as written (a wrong answer); None when empty."""
+    s = body.strip()
+    if not s:
+        return None
+    if s in labels:
+        return s
+    bare = s.strip(_QUOTES).strip()
+    bare = (bare[:-1] if bare.endswith(".") else bare).strip(_QUOTES).strip()
+    if bare in labels or (not labels and bare):
+        return bare
+    return s
+
+
+# --- JSON -----------------------------------------------------------------------------------------------------------
+
+_MAX_JSON_CHARS = 100_000
+_MAX_JSON_DEPTH = 64
+_MAX_JSON_TRIES = 32
+_NO_JSON: Any = object()  # what a text that is no JSON parses to (None is JSON's null)
+_JSON_START = frozenset('{["-0123456789tfn')
+_BRACE_TOKEN = re.compile(r'\\.|[{}"]', re.S)  # an escape pair is one token: `\{` in LaTeX is no brace
+_NEST_TOKEN = re.compile(r'\\.|[\[\]{}"]', re.S)
+_FENCE_TAG = re.compile(r"[ \t]*([A-Za-z0-9_+.-]*)[ \t]*")
+
+
+def _read_json(body: str) -> Reading:
+    """A `json` reply: its JSON, canonical; a refusal or abstention without any; else unparsed."""
+    if len(body) > _MAX_JSON_CHARS:
+        return Reading(None, "unparsed")
+    for i, candidate in enumerate(_json_candidates(body)):
+        if i >= _MAX_JSON_TRIES:
+            break
+        value = _load_json(candidate)
+        if value is not _NO_JSON:
+            return Reading(_canonical(value), "ok")
+    lines = [ln for ln in body.split("\n") if ln.strip()]
+    return Reading(None, "abstained") if _refuses(body, _clean(lines[0])) else Reading(None, "unparsed")
+
+
+def _json_candidates(body: str) -> Iterator[str]:
+    """Where a reply's JSON may be, in order: the whole reply, its fenced blocks from the last one back, its
+    balanced `{...}` objects from the last one back."""
+    yield body
+    parts = body.split("```")
+    for i in range(len(parts) - 2 - (len(parts) % 2 == 0), 0, -2):  # parts[1], parts[3]...: inside a fence
+        inner = _fence_inner(parts[i])
+        if inner is not None:
+            yield inner
+    spans = _object_spans(body)
+    for start, end in sorted(spans, key=lambda sp: (sp[1], -sp[0]), reverse=True):
+        yield body[start:end]
+
+
+def _fence_inner(inner: str) -> str | None:
+    """A fenced block's content without its language tag; None for a block tagged as something other than JSON."""
+    first, sep, rest = inner.partition("\n")
+    tag = _FENCE_TAG.fullmatch(first)
+    if not sep or tag is None:
+        return inner
+    return rest if tag.group(1).lower() in ("", "json", "jsonc", "json5") else None
+
+
+def _object_spans(s: str) -> list[tuple[int, int]]:
+    """The outermost balanced `{...}` spans of a text, JSON strings inside braces respected, in linear time. A brace
+    never closed (`the set {1, 2`) is no span and hides none after it."""
+    opened: list[int] = []
+    spans: list[tuple[int, int]] = []
+    in_string = False
+    for m in _BRACE_TOKEN.finditer(s):
+        token = m.group()
+        if in_string:
+            in_string = token != '"'
+        elif token == "{":
+            opened.append(m.start())
+        elif token == "}" and opened:
+            start = opened.pop()
+            while spans and spans[-1][0] > start:  # the spans inside this one: not outermost
+                spans.pop()
+            spans.append((start, m.end()))
+        elif token == '"' and opened:
+            in_string = True
+    return spans
+
+
+def _json_alone(text: str) -> Any:
+    """A text that is nothing but JSON, in one code fence or not; `_NO_JSON` otherwise."""
+    s = text.strip()
+    if s.startswith("```") and s.endswith("```") and len(s) >= 6 and s.count("```") == 2:
+        inner = _fence_inner(s[3:-3])
+        if inner is None:
+            return _NO_JSON
+        s = inner
+    return _load_json(s)
+
+
+def _load_json(text: str) -> Any:
+    """The JSON value a text is, when small and shallow enough to parse safely and finite; `_NO_JSON` otherwise."""
+    s = text.strip()
+    if not s or s[0] not in _JSON_START or len(s) > _MAX_JSON_CHARS or _too_deep(s):
+        return _NO_JSON
+    try:
+        value = json.loads(s, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return _NO_JSON
+    return value if _finite(value) else _NO_JSON
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(s: str) -> bool:
+    """Whether a text nests brackets deeper than `_MAX_JSON_DEPTH` (outside JSON strings)."""
+    if s.count("[") + s.count("{") <= _MAX_JSON_DEPTH:
+        return False
+    depth, in_string = 0, False
+    for m in _NEST_TOKEN.finditer(s):
+        token = m.group()
+        if in_string:
+            in_string = token != '"'
+        elif token in "[{":
+            depth += 1
+            if depth > _MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+        elif token == '"':
+            in_string = True
+    return False
+
+
+def _finite(value: Any) -> bool:
+    """No infinite number (`1e999` parses to one; canonical JSON cannot write it)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _same_json(a: Any, g: Any) -> bool:
+    """Field by field: keys as sets, lists in order, numbers as numbers (a bool is none), strings as words."""
+    if isinstance(g, bool) or g is None:
+        return a is g
+    if isinstance(g, (int, float)):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and a == g
+    if isinstance(g, str):
+        if not isinstance(a, str):
+            return False
+        na, ng = _norm_words(a), _norm_words(g)
+        return na == ng if na or ng else a.strip() == g.strip()
+    if isinstance(g, list):
+        return isinstance(a, list) and len(a) == len(g) and all(map(_same_json, a, g))
+    if isinstance(g, dict):
+        return isinstance(a, dict) and a.keys() == g.keys() and all(_same_json(a[k], g[k]) for k in g)
+    return False
+
+
+def _schema_key(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(schema_key: str) -> Any:
+    """A JSON Schema validator, built once per schema (by its canonical text); ValueError for an invalid schema."""
+    import jsonschema
+
+    schema = json.loads(schema_key)
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ValueError(f"invalid JSON Schema: {e.message}") from None
+    return cls(schema)
 
 
 # --- numbers: math-verify -----------------------------------------------------------------------------------------

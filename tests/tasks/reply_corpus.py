@@ -8,6 +8,8 @@ several numbers of which only the marked one is the answer, and replies that cha
 Each entry is `(reply, answer_type, finish_reason, status, answer, gold)`: `answer` is what `read_answer` returns
 (None unless `status` is ok) and `gold` the correct answer to the question the reply answers. Every `ok` answer is
 right (`same_answer(answer, gold)`), except the replies listed in `WRONG`, which answer wrongly on purpose.
+`LABEL_CORPUS` and `JSON_CORPUS` do the same for the `label` (an intent set) and `json` (a record schema) answer
+types, with `WRONG_TYPED`.
 """
 
 from __future__ import annotations
@@ -199,4 +201,78 @@ WRONG: frozenset[str] = frozenset({
     "Final answer: Rome",
     "The answer is (A).",
     "Final answer: 8",
+})
+
+
+# --- label and json replies -----------------------------------------------------------------------------------------
+# Read with `AnswerSpec("label", INTENTS)` and `AnswerSpec("json", schema=RECORD_SCHEMA)`; `WRONG_TYPED` lists the
+# `ok` replies that answer wrongly on purpose.
+
+INTENTS = ("card_arrival", "card_linking", "lost_or_stolen_card", "exchange_rate", "Refund_not_showing_up", "unknown")
+
+LABEL_CORPUS: list[Reply] = [
+    Reply("The customer ordered a card last week and it has not come yet.\n\n**Final answer:** card_arrival",
+          "label", STOP, "ok", "card_arrival", "card_arrival"),
+    Reply("They are waiting for a card in the post. The final answer is Card Arrival.", "label", STOP, "ok",
+          "card_arrival", "card_arrival"),
+    Reply("## Analysis\nThey want to see their new card in the app.\n\n## Final Answer\n`card-linking`", "label",
+          STOP, "ok", "card_linking", "card_linking"),
+    Reply("<think>\nLost? Stolen? Final answer: card_arrival? No: it was taken from their bag.\n</think>\n\n"
+          "Final answer: Lost or stolen card", "label", STOP, "ok", "lost_or_stolen_card", "lost_or_stolen_card"),
+    Reply('{"reasoning": "They ask which rate applies to euros.", "answer": "exchange_rate"}', "label", STOP, "ok",
+          "exchange_rate", "exchange_rate"),
+    Reply("Answer: refund not showing up", "label", STOP, "ok", "Refund_not_showing_up", "Refund_not_showing_up"),
+    Reply("card_arrival", "label", STOP, "ok", "card_arrival", "card_arrival"),
+    Reply("**exchange_rate**", "label", STOP, "ok", "exchange_rate", "exchange_rate"),
+    Reply("None of the intents fits this message.\n\nFinal answer: unknown", "label", STOP, "ok", "unknown",
+          "unknown"),
+    Reply("Final answer: card_arrival (the card has not arrived yet)", "label", STOP, "ok", "card_arrival",
+          "card_arrival"),
+    Reply("Final answer: card_linking\n\nWait, they do not have the card yet.\n\nFinal answer: card_arrival", "label",
+          STOP, "ok", "card_arrival", "card_arrival"),
+    Reply("The card has not come.\n\nFinal answer: card_delivery_estimate", "label", STOP, "ok",
+          "card_delivery_estimate", "card_arrival"),
+    Reply("Final answer: card_linking", "label", STOP, "ok", "card_linking", "card_arrival"),
+    Reply("I think this is about the card arriving late.", "label", STOP, "unparsed", None, "card_arrival"),
+    Reply("The candidates are:\ncard_arrival\ncard_linking", "label", STOP, "unparsed", None, "card_arrival"),
+    Reply("Final answer: I don't know.", "label", STOP, "abstained", None, "card_arrival"),
+    Reply("I'm sorry, but I can't help with that.", "label", STOP, "abstained", None, "card_arrival"),
+    Reply("Final answer: card_arrival", "label", LENGTH, "truncated", None, "card_arrival"),
+]
+
+RECORD_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
+    "required": ["name", "born"],
+}
+_ADA = '{"born":1815,"name":"Ada Lovelace"}'
+
+JSON_CORPUS: list[Reply] = [
+    Reply('{"name": "Ada Lovelace", "born": 1815}', "json", STOP, "ok", _ADA, _ADA),
+    Reply('Here is the extracted record:\n```json\n{\n  "name": "Ada Lovelace",\n  "born": 1815\n}\n```', "json",
+          STOP, "ok", _ADA, _ADA),
+    Reply('<think>\nA first draft: {"name": "Ada", "born": 1800}\n</think>\n\n{"born": 1815, "name": "Ada Lovelace"}',
+          "json", STOP, "ok", _ADA, _ADA),
+    Reply('I extracted the fields. Result: {"name": "ada lovelace", "born": 1815.0}', "json", STOP, "ok",
+          '{"born":1815.0,"name":"ada lovelace"}', _ADA),
+    Reply('First draft {"name": "Ada", "born": 1800}, corrected: {"name": "Ada Lovelace", "born": 1815}.', "json",
+          STOP, "ok", _ADA, _ADA),
+    Reply('```\n{"name": "Ada  Lovelace.", "born": 1815}\n```', "json", STOP, "ok",
+          '{"born":1815,"name":"Ada  Lovelace."}', _ADA),
+    Reply('{"name": "Ada Lovelace", "born": 1816}', "json", STOP, "ok", '{"born":1816,"name":"Ada Lovelace"}', _ADA),
+    Reply('{"name": "Ada Lovelace"}', "json", STOP, "ok", '{"name":"Ada Lovelace"}', _ADA),
+    Reply('{"name": "Ada Lovelace", "born": "1815"}', "json", STOP, "ok", '{"born":"1815","name":"Ada Lovelace"}',
+          _ADA),
+    Reply("The record is: name Ada Lovelace, born 1815.", "json", STOP, "unparsed", None, _ADA),
+    Reply('```json\n{"name": "Ada Lovelace", "born": 1815,}\n```', "json", STOP, "unparsed", None, _ADA),
+    Reply("I'm sorry, but I can't help with that.", "json", STOP, "abstained", None, _ADA),
+    Reply('{"name": "Ada Lovelace", "bo', "json", LENGTH, "truncated", None, _ADA),
+]
+
+WRONG_TYPED: frozenset[str] = frozenset({
+    "The card has not come.\n\nFinal answer: card_delivery_estimate",
+    "Final answer: card_linking",
+    '{"name": "Ada Lovelace", "born": 1816}',
+    '{"name": "Ada Lovelace"}',
+    '{"name": "Ada Lovelace", "born": "1815"}',
 })

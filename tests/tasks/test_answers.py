@@ -1,22 +1,39 @@
-"""The answer readers: the reply corpus, the score reader, the type of a label, and properties over any input."""
+"""The answer readers: the reply corpus, the score reader, the type of a label, labels and JSON, and properties over
+any input."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from services.tasks.answers import (
+    AnswerSpec,
     Reading,
     answer_type_of,
+    is_valid,
+    json_field_accuracy,
     read_answer,
     read_for_eval,
     read_score,
     same_answer,
+    spec_of,
 )
-from tests.tasks.reply_corpus import CORPUS, WRONG, Reply
+from tests.tasks.reply_corpus import (
+    CORPUS,
+    INTENTS,
+    JSON_CORPUS,
+    LABEL_CORPUS,
+    RECORD_SCHEMA,
+    WRONG,
+    WRONG_TYPED,
+    Reply,
+)
 
 STATUSES = {"ok", "unparsed", "abstained", "truncated"}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -257,3 +274,267 @@ def test_same_answer_never_raises_on_mathy_noise(text):
 def test_read_score_is_none_or_within_one_to_five(text):
     score = read_score(text)
     assert score is None or 1.0 <= score <= 5.0
+
+
+# --- specs ----------------------------------------------------------------------------------------------------------
+
+LABEL = AnswerSpec("label", INTENTS)
+RECORD = AnswerSpec("json", schema=RECORD_SCHEMA)
+
+
+def test_a_type_alone_is_a_spec_without_labels_or_schema():
+    assert spec_of("number") == AnswerSpec("number") and spec_of(LABEL) is LABEL
+    assert AnswerSpec.of("json") == AnswerSpec("json", (), None)
+    assert AnswerSpec("label", ["a", "b"]).labels == ("a", "b")  # a list from a config
+    assert read_answer("Final answer: 42", AnswerSpec("number")) == read_answer("Final answer: 42", "number")
+
+
+def test_specs_hash_without_their_schema_but_compare_with_it():
+    other = AnswerSpec("json", schema={"type": "object"})
+    assert hash(other) == hash(RECORD) and other != RECORD
+    assert AnswerSpec("json", schema=dict(RECORD_SCHEMA)) == RECORD and len({RECORD, other, LABEL}) == 3
+
+
+def test_unknown_types_and_invalid_schemas_are_refused():
+    with pytest.raises(ValueError):
+        AnswerSpec("essay")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        AnswerSpec("json", schema={"type": 5})
+    with pytest.raises(ValueError):
+        AnswerSpec("label", "card_arrival")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        read_answer("x", "essay")  # type: ignore[arg-type]
+
+
+# --- label and json corpora -----------------------------------------------------------------------------------------
+
+TYPED = [(r, LABEL) for r in LABEL_CORPUS] + [(r, RECORD) for r in JSON_CORPUS]
+
+
+def test_the_typed_corpora_cover_every_status():
+    for corpus in (LABEL_CORPUS, JSON_CORPUS):
+        assert {r.status for r in corpus} == STATUSES
+    assert {r.reply for r, _ in TYPED if r.status == "ok"} >= WRONG_TYPED
+
+
+@pytest.mark.parametrize("case,spec", TYPED, ids=[_id(r) for r, _ in TYPED])
+def test_each_label_and_json_reply_reads_and_grades_as_expected(case: Reply, spec: AnswerSpec):
+    reading = read_answer(case.reply, spec, finish_reason=case.finish_reason)
+    assert reading == Reading(case.answer, case.status)
+    right = case.status == "ok" and case.reply not in WRONG_TYPED
+    assert same_answer(reading.answer, case.gold, spec) is right
+    if right:
+        assert is_valid(reading.answer, spec)
+
+
+# --- labels ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written", ["card_arrival", "Card_Arrival", "card arrival", "CARD-ARRIVAL", "`card_arrival`",
+                                     '"card arrival"', "card_arrival.", "**Card arrival**", "card_ arrival",
+                                     "card - arrival", "\u201ccard arrival\u201d"])
+def test_label_spellings_map_to_the_label_as_the_set_writes_it(written):
+    for reply in (f"Final answer: {written}", f"Reasoning first.\n\n**Answer:** {written}", written):
+        assert read_answer(reply, LABEL) == Reading("card_arrival", "ok"), reply
+    assert read_answer(f"Final answer: {written}", "label").status == "ok"  # no set: as written, like text
+
+
+def test_an_answer_outside_the_set_is_an_answer_but_never_valid_nor_right():
+    reading = read_answer("The customer waits.\n\nFinal answer: Card delivery estimate.", LABEL)
+    assert reading == Reading("Card delivery estimate", "ok")
+    assert not is_valid(reading.answer, LABEL)
+    for gold in INTENTS:
+        assert not same_answer(reading.answer, gold, LABEL)
+    assert not same_answer("card_delivery", "card_delivery", LABEL)  # a gold outside the set is no gold
+
+
+def test_a_label_that_reads_like_an_abstention_is_a_label():
+    assert read_answer("Final answer: Unknown", LABEL) == Reading("unknown", "ok")
+    assert read_answer("Final answer: Unknown", AnswerSpec("label", ("a", "b"))) == Reading(None, "abstained")
+
+
+def test_labels_two_spellings_share_are_only_matched_exactly():
+    spec = AnswerSpec("label", ("card_arrival", "Card Arrival", "refund"))
+    assert read_answer("Final answer: Card Arrival", spec) == Reading("Card Arrival", "ok")
+    assert read_answer("Final answer: card_arrival", spec) == Reading("card_arrival", "ok")
+    assert read_answer("Final answer: card-arrival", spec) == Reading("card-arrival", "ok")  # which? no guess
+    assert read_answer("Final answer: REFUND", spec) == Reading("refund", "ok")
+
+
+def test_without_a_marker_only_a_label_alone_is_read():
+    assert read_answer("  card arrival  ", LABEL) == Reading("card_arrival", "ok")
+    assert read_answer("It is card_arrival", LABEL) == Reading(None, "unparsed")
+    assert read_answer("card_arrival\ncard_linking", LABEL) == Reading(None, "unparsed")
+    assert read_answer("card_arrival", "label") == Reading(None, "unparsed")  # no set: like text
+
+
+def test_label_equality_is_exact():
+    assert same_answer("card_arrival", "card_arrival", LABEL) and same_answer(" card_arrival ", "card_arrival", LABEL)
+    assert not same_answer("Card_arrival", "card_arrival", LABEL)
+    assert not same_answer("card_linking", "card_arrival", LABEL)
+    assert not same_answer("", "", "label") and not same_answer(None, "card_arrival", LABEL)
+    assert same_answer("anything", "anything", "label")  # no set: any gold
+
+
+@pytest.mark.parametrize("reply,right", [
+    ("card_arrival", True), (" card_arrival.", True), ("card_arrival\n", True), ('"card_arrival"', True),
+    ("`card_arrival`", True), ("<think>\nIt has not come.\n</think>\n\ncard_arrival", True),
+    ("Card_arrival", False), ("card arrival", False), ("card_arrival..", False),
+    ("The intent is card_arrival.", False), ("Final answer: card_arrival", False), ("**card_arrival**", False),
+    ("card_arrival\ncard_linking", False), ("I don't know", False),
+])
+def test_read_for_eval_wants_the_label_alone_verbatim(reply, right):
+    got = read_for_eval(reply, LABEL)
+    assert got is not None  # a reply that is not the label is graded wrong, not unanswered
+    assert same_answer(got, "card_arrival", LABEL) is right
+    assert is_valid(got, LABEL) is right
+
+
+def test_read_for_eval_of_an_empty_label_reply_is_none():
+    for reply in (None, "", "  \n", "<think>card_arrival</think>"):
+        assert read_for_eval(reply, LABEL) is None
+
+
+def test_is_valid_for_labels_and_the_other_types():
+    assert is_valid("card_arrival", LABEL) and not is_valid("card arrival", LABEL) and not is_valid(None, LABEL)
+    assert is_valid("anything", "label") and is_valid("42", "number") and is_valid("Paris", "text")
+    assert not is_valid(None, "text")
+
+
+# --- json -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reply", [
+    '{"b": [1, 2], "a": "x"}', '  {"a": "x",\n "b": [1, 2]}\n', '```json\n{"a": "x", "b": [1, 2]}\n```',
+    'Here you go:\n```\n{"a": "x", "b": [1, 2]}\n```\nAnything else?', 'The record: {"a": "x", "b": [1, 2]}.',
+    'Draft: {"a": "y"}\n\n```json\n{"a": "x", "b": [1, 2]}\n```', '```python\nprint(1)\n```\n{"a": "x", "b": [1, 2]}',
+    'Braces in prose {like this and {"a": "x", "b": [1, 2]} at the end', '{"b": [1, 2], "a": "x"} ```json\n{"oops": 1',
+])
+def test_json_is_read_from_bare_fenced_and_trailing_replies_canonically(reply):
+    assert read_answer(reply, "json") == Reading('{"a":"x","b":[1,2]}', "ok")
+
+
+def test_json_values_other_than_objects_are_read_whole_or_fenced():
+    assert read_answer("[1, 2]", "json") == Reading("[1,2]", "ok")
+    assert read_answer('```json\n"caf\u00e9"\n```', "json") == Reading('"caf\u00e9"', "ok")
+    assert read_answer("The list is [1, 2].", "json") == Reading(None, "unparsed")
+
+
+@pytest.mark.parametrize("reply", ["Name: Ada, born 1815.", "{name: 'Ada'}", '{"a": 1,}', '{"a": NaN}',
+                                   '{"a": 1e999}', "```json\n{\"a\": \n```", "{", "}{"])
+def test_not_json_is_unparsed(reply):
+    assert read_answer(reply, "json") == Reading(None, "unparsed")
+    assert read_for_eval(reply, "json") is None
+    assert not is_valid(reply, "json")
+
+
+def test_json_truncation_and_refusal():
+    assert read_answer('{"a": 1}', "json", finish_reason="length") == Reading(None, "truncated")
+    assert read_answer("I'm sorry, but I can't help with that.", "json") == Reading(None, "abstained")
+    assert read_answer('{"answer": "I don\'t know"}', "json") == Reading('{"answer":"I don\'t know"}', "ok")
+
+
+def test_read_for_eval_wants_json_alone():
+    assert read_for_eval('{"b": 2, "a": 1}', "json") == '{"a":1,"b":2}'
+    assert read_for_eval('\n```json\n{"a": 1}\n```\n', "json") == '{"a":1}'
+    assert read_for_eval('<think>{"a": 2}</think>{"a": 1}', "json") == '{"a":1}'
+    assert read_for_eval('Sure! {"a": 1}', "json") is None
+    assert read_for_eval('```json\n{"a": 1}\n```\n```json\n{"a": 2}\n```', "json") is None
+    assert read_for_eval("", "json") is None and read_for_eval(None, "json") is None
+
+
+@pytest.mark.parametrize("answer,gold,same", [
+    ('{"a": 1, "b": 2}', '{"b": 2, "a": 1}', True),  # key order
+    ('{"a": 1.0}', '{"a": 1}', True), ('{"a": 1.5}', '{"a": 1}', False), ('{"a": true}', '{"a": 1}', False),
+    ('{"a": 1}', '{"a": true}', False), ('{"a": "1"}', '{"a": 1}', False), ('{"a": false}', '{"a": 0}', False),
+    ('{"city": "New York!"}', '{"city": "new york"}', True), ('{"band": "The Beatles"}', '{"band": "beatles"}', True),
+    ('{"city": "York"}', '{"city": "New York"}', False),
+    ('{"note": "first\\nsecond"}', '{"note": "first\\nthird"}', False),  # every line counts
+    ('{"a": 1}', '{"a": 1, "b": 2}', False), ('{"a": 1, "b": 2}', '{"a": 1}', False),  # a field missing or added
+    ('{"a": [1, 2]}', '{"a": [2, 1]}', False), ('{"a": [1]}', '{"a": [1, 1]}', False),
+    ('{"a": {"b": [{"c": "X."}]}}', '{"a": {"b": [{"c": "x"}]}}', True),
+    ('{"a": null}', '{"a": null}', True), ('{"a": ""}', '{"a": null}', False), ('{"a": "..."}', '{"a": "!!"}', False),
+    ("[1, 2]", "[1.0, 2]", True), ('"Paris."', '"paris"', True), ("```json\n{\"a\": 1}\n```", '{"a": 1}', True),
+    ("not json", '{"a": 1}', False), ('{"a": 1}', "not json", False), ("not json", "not json", False),
+])
+def test_json_is_compared_field_by_field(answer, gold, same):
+    assert same_answer(answer, gold, "json") is same
+
+
+def test_a_schema_invalid_answer_is_never_the_same():
+    answer = '{"name": "Ada Lovelace", "born": "1815"}'
+    assert not is_valid(answer, RECORD) and is_valid(answer, "json")
+    assert not same_answer(answer, answer, RECORD)
+    assert same_answer(answer, answer, "json")
+    assert same_answer('{"born": 1815, "name": "ada lovelace"}', '{"name": "Ada Lovelace", "born": 1815}', RECORD)
+    assert same_answer('{"born": 1815.0, "name": "Ada"}', '{"name": "Ada", "born": 1815}', RECORD)  # 1815.0: integer
+
+
+def test_is_valid_for_json():
+    assert is_valid('{"name": "Ada", "born": 1815}', RECORD) and not is_valid('{"name": "Ada"}', RECORD)
+    assert not is_valid("[1]", RECORD) and is_valid("[1]", "json") and is_valid("null", "json")
+    assert not is_valid("{'a': 1}", "json") and not is_valid(None, "json")
+
+
+@pytest.mark.parametrize("answer,gold,share", [
+    ('{"a": 1, "b": "X", "c": 3}', '{"a": 1.0, "b": "x.", "c": 4}', 2 / 3), ('{"a": 1}', '{"a": 1, "b": 2}', 0.5),
+    ('{"a": 1, "z": 0}', '{"a": 1}', 1.0), ("[1]", '{"a": 1}', 0.0), ("not json", '{"a": 1}', 0.0),
+    (None, '{"a": 1}', 0.0), ('{"a": 1}', "[1]", 0.0), ("{}", "{}", 1.0), ('{"a": 1}', "{}", 0.0),
+])
+def test_json_field_accuracy(answer, gold, share):
+    assert json_field_accuracy(answer, gold) == pytest.approx(share)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+@FAST
+@given(value=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6))
+def test_canonical_json_of_any_object_reads_back_as_itself(value):
+    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # a fence or a think tag inside a string would be read as one, as it would in any reply
+    assume("```" not in canonical and "think>" not in canonical.lower() and _depth(value) <= 64)
+    for reply in (canonical, f"```json\n{canonical}\n```", f"Here is the record:\n\n{canonical}\n"):
+        assert read_answer(reply, "json") == Reading(canonical, "ok")
+    assert read_for_eval(canonical, "json") == canonical
+    assert same_answer(canonical, json.dumps(value), "json")
+    assert is_valid(canonical, "json") and json_field_accuracy(canonical, canonical) == 1.0
+
+
+@FAST
+@given(text=st.text(alphabet=st.sampled_from(list('{}[]"\\:,1a `\n')), max_size=300))
+def test_json_readers_never_raise_on_bracket_noise(text):
+    reading = read_answer(text, "json")
+    assert reading.status in {"ok", "unparsed", "abstained"}
+    if reading.answer is not None:
+        assert json.loads(reading.answer) is not None or reading.answer == "null"
+    read_for_eval(text, "json")
+    assert same_answer(text, text, "json") in (True, False)
+    assert 0.0 <= json_field_accuracy(text, text) <= 1.0
+
+
+@pytest.mark.parametrize("reply", [
+    "{" * 1_000_000, "[" * 1_000_000, "{" * 99_000, "}" * 99_000, "[" * 50_000 + "]" * 50_000,
+    '{"a":' * 15_000 + "1" + "}" * 15_000, '{"' * 49_000, "{}" * 49_000, '{"a":1} ' * 12_000,
+    "```" * 33_000, "\\" * 99_000, ("Set {1, 2 " * 9_000) + '{"a": 1}',
+])
+def test_hostile_input_returns_promptly(reply):
+    started = time.monotonic()
+    for spec in (RECORD, "json", LABEL, "text"):
+        reading = read_answer(reply, spec)
+        assert reading.status in STATUSES
+        read_for_eval(reply, spec)
+        same_answer(reply, reply, spec)
+        is_valid(reply, spec)
+    json_field_accuracy(reply, reply)
+    assert time.monotonic() - started < 10  # about 0.5 s on a slow machine
