@@ -6,6 +6,9 @@ a weaker teacher: at `error_rate`, as a deterministic
 function of (seed, prompt), it picks one of its error styles (wrong operation, off-by-one, dropped step) and
 writes a rationale that is wrong in that way, consistently from the faulty step on; its reviews err at the same
 rate. Questions outside the suite get an honest abstention.
+
+`TeacherMind` is what every built-in mind shares (the dispatch on the prompt's tags, errors on purpose); the
+labelled teacher (`services.teachers.labelled`) is the other one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ _SWAP = {"+": "-", "-": "+", "*": "+", "/": "*"}
 _EQ = re.compile(r"(-?\d+(?:\.\d+)?)\s*([+\-*/x\u00d7])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 
 
-class ReferenceTeacher:
+# How a critique, an explanation of a student's mistake and a self-reflection open (every mind writes them alike).
+CRITIQUE_OPENING = "Feedback: The final answer {x} is wrong; the correct answer is {gold}."
+EXPLANATION_OPENING = "The student's final answer {x} is wrong; the correct answer is {gold}."
+REFLECTION_OPENING = "Self-reflection: My final answer {x} was wrong; the correct answer is {gold}."
+
+
+class TeacherMind:
+    """What every built-in teacher shares: the dispatch on the prompt's shape and its errors on purpose, a
+    deterministic function of (seed, name, prompt). A subclass writes the six replies."""
+
     def __init__(self, name: str, profile: ReferenceProfile) -> None:
         self.name = name
         self.profile = profile
@@ -46,6 +58,45 @@ class ReferenceTeacher:
         question = prompts.tag(prompt, "question") or prompt
         return self._answer(question, prompt)
 
+    def _answer(self, question: str, prompt: str) -> str:
+        raise NotImplementedError
+
+    def _critique(self, prompt: str, other: str) -> str:
+        raise NotImplementedError
+
+    def _explain_mistake(self, prompt: str, student: str) -> str:
+        raise NotImplementedError
+
+    def _reflect(self, prompt: str, own: str) -> str:
+        raise NotImplementedError
+
+    def _review(self, prompt: str, solution: str) -> str:
+        raise NotImplementedError
+
+    def _review_explanation(self, prompt: str, explanation: str) -> str:
+        raise NotImplementedError
+
+    # ---- errors on purpose ----------------------------------------------------------------------------------
+    def _rng(self, prompt: str) -> random.Random:
+        digest = hashlib.sha256(f"{self.profile.seed}|{self.name}|{prompt}".encode()).hexdigest()
+        return random.Random(int(digest[:16], 16))
+
+    def _errs(self, prompt: str) -> bool:
+        return self.profile.error_rate > 0 and self._rng(prompt).random() < self.profile.error_rate
+
+    def _misjudged(self, prompt: str, score: int) -> int | None:
+        """A careless reviewer, at `error_rate`: a high score turns low and a low one high. None: it judges right."""
+        if self._errs(prompt + "#review"):
+            return 2 if score >= 4 else 4
+        return None
+
+
+def explanation_verdict(score: int) -> str:
+    verdict = "The explanation finds the mistake." if score >= 4 else "The explanation misses the mistake."
+    return f"{verdict}\n[{score}]"
+
+
+class ReferenceTeacher(TeacherMind):
     # ---- the tasks ----------------------------------------------------------------------------------
     def _answer(self, question: str, prompt: str) -> str:
         sol = solve(prompts.final_message(question))
@@ -56,28 +107,25 @@ class ReferenceTeacher:
         return render(sol)
 
     def _critique(self, prompt: str, other: str) -> str:
-        return _explain(prompt, other, "Feedback: The final answer {x} is wrong; the correct answer is {gold}.",
+        return _explain(prompt, other, CRITIQUE_OPENING,
                         "the other agent", "A correct solution: {eqs}.",
                         "Recheck each step of the reasoning against the question.")
 
     def _explain_mistake(self, prompt: str, student: str) -> str:
-        return _explain(prompt, student, "The student's final answer {x} is wrong; the correct answer is {gold}.",
+        return _explain(prompt, student, EXPLANATION_OPENING,
                         "the student", "A correct solution: {eqs}.",
                         "Recheck each step of the reasoning against the question.")
 
     def _review_explanation(self, prompt: str, explanation: str) -> str:
         """An explanation is good when it names the gold answer and finds a concrete mistake."""
-        gold = _gold_from(prompt)
+        gold = gold_from(prompt)
         names_gold = bool(re.search(rf"(?<![\d.]){re.escape(gold)}(?![\d])", explanation))
         concrete = bool(_EQ.search(explanation)) or "step" in explanation.lower()
         score = 5 if names_gold and concrete else 4 if names_gold else 2
-        if self._errs(prompt + "#review"):
-            score = 2 if score >= 4 else 4
-        verdict = "The explanation finds the mistake." if score >= 4 else "The explanation misses the mistake."
-        return f"{verdict}\n[{score}]"
+        return explanation_verdict(self._misjudged(prompt, score) or score)
 
     def _reflect(self, prompt: str, own: str) -> str:
-        return _explain(prompt, own, "Self-reflection: My final answer {x} was wrong; the correct answer is {gold}.",
+        return _explain(prompt, own, REFLECTION_OPENING,
                         "I", "Next time I will recompute every step before answering.", "")
 
     def _review(self, prompt: str, solution: str) -> str:
@@ -100,19 +148,12 @@ class ReferenceTeacher:
             score, why = 4, "The final answer is right, but the steps are not shown."
         else:
             score, why = 5, "Every step checks out and the final answer is correct."
-        if self._errs(prompt + "#review"):  # a careless reviewer misjudges
-            score = 2 if score >= 4 else 4
+        if (misjudged := self._misjudged(prompt, score)) is not None:  # a careless reviewer
+            score = misjudged
             why = "I am not fully convinced by this solution." if score == 2 else "This looks plausible to me."
         return f"{why}\n[{score}]"
 
     # ---- errors on purpose ----------------------------------------------------------------------------------
-    def _rng(self, prompt: str) -> random.Random:
-        digest = hashlib.sha256(f"{self.profile.seed}|{self.name}|{prompt}".encode()).hexdigest()
-        return random.Random(int(digest[:16], 16))
-
-    def _errs(self, prompt: str) -> bool:
-        return self.profile.error_rate > 0 and self._rng(prompt).random() < self.profile.error_rate
-
     def _corrupt(self, sol: Solution, prompt: str) -> Solution:
         rng = self._rng(prompt + "#style")
         style = rng.choice(self.profile.error_styles)
@@ -159,14 +200,14 @@ def _equations(sol: Solution) -> str:
 def _explain(prompt: str, text: str, opening: str, who: str, closing: str, unsolvable: str) -> str:
     """A critique or a self-reflection: what the answer was, the gold, and where the reasoning went wrong."""
     answer = read_answer(text, "number").answer or "(missing)"
-    out = opening.format(x=answer, gold=_gold_from(prompt))
+    out = opening.format(x=answer, gold=gold_from(prompt))
     sol = solve(prompts.final_message(prompts.tag(prompt, "question") or ""))
     if sol is None:
         return f"{out} {unsolvable}".rstrip()
     return f"{out} {_diagnose(sol, text, who)} {closing.format(eqs=_equations(sol))}"
 
 
-def _gold_from(prompt: str) -> str:
+def gold_from(prompt: str) -> str:
     """The gold the prompt states: "The correct final answer is X." or "The teachers' consensus final answer is X."."""
     m = re.search(r"(?:correct|consensus) final answer (?:is )?(.+?)(?:\.\s|,\s|\.<|\.$|\s*$)", prompt, flags=re.M)
     return m.group(1).strip() if m else "unknown"

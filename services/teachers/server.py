@@ -14,8 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.config import TeacherConfig
-from services.teachers.reference import ReferenceTeacher
+from services.config import ReferenceProfile, TeacherConfig
+from services.teachers.labelled import LabelledTeacher
+from services.teachers.reference import ReferenceTeacher, TeacherMind
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -28,11 +29,19 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def mind_of(name: str, profile: ReferenceProfile) -> TeacherMind:
+    """A built-in teacher's mind: the labelled teacher when its profile names a `labels_file` (read once, here),
+    else the arithmetic reference teacher."""
+    if profile.labels_file is not None:
+        return LabelledTeacher(name, profile)
+    return ReferenceTeacher(name, profile)
+
+
 def build_teacher_app(teachers: list[TeacherConfig]) -> FastAPI:
-    minds = {t.name: ReferenceTeacher(t.name, t.reference) for t in teachers if t.reference is not None}
+    minds = {t.name: mind_of(t.name, t.reference) for t in teachers if t.reference is not None}
     app = FastAPI(title="Distillery reference teachers", docs_url=None, redoc_url=None)
 
-    def pick(name: str | None) -> ReferenceTeacher | None:
+    def pick(name: str | None) -> TeacherMind | None:
         if name is None:
             return next(iter(minds.values())) if len(minds) == 1 else None
         return minds.get(name)
