@@ -8,7 +8,9 @@ keyword arguments, `DISTILLERY_*` environment variables (nested with `__`, e.g.
 
 from __future__ import annotations
 
+import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from services.tasks.answers import AnswerSpec, AnswerType
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 GOLD_SOURCES = frozenset({"feedback", "dataset", "consensus"})  # where a debate's gold answer came from
@@ -119,6 +123,11 @@ class ReferenceProfile(BaseModel):
     )
     seed: int = Field(0, description="Errors are a deterministic function of (seed, prompt).")
     latency_s: float = Field(0.0, ge=0, description="Added delay per answer (to imitate a slow remote model).")
+    labels_file: Path | None = Field(
+        None, description="A labelled JSONL file (`text`, `label` per line, e.g. BANKING77's train.jsonl): the teacher "
+        "answers a message found in it with its label (erring at `error_rate` with a plausible wrong label from "
+        "the file's label set), in prose, instead of solving the arithmetic suite.",
+    )
 
     @field_validator("error_styles")
     @classmethod
@@ -292,6 +301,12 @@ class SftSettings(BaseModel):
         "kinds are present.",
     )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
+    pack_shared_prefix: bool = Field(
+        True, description="Pack a step's examples that share a prompt prefix (one task's system prompt) into rows "
+        "where the prefix runs once, each example's rest of prompt and completion attending to it and to itself "
+        "only: the same loss, fewer tokens computed. Rows are capped at max_prompt_tokens + max_completion_tokens. "
+        "Examples without a shared prefix train as before (false: always one padded row per example).",
+    )
 
 
 class TdpoSettings(BaseModel):
@@ -322,15 +337,8 @@ class GateSettings(BaseModel):
 
 
 class EvalSettings(BaseModel):
-    """Held-out evaluation through the serving path (plain user messages, exact match by the answer parser)."""
+    """How a candidate is evaluated through the serving path, on every task's slice (see `tasks[].eval`)."""
 
-    dataset: str = Field(
-        "builtin:arithmetic",
-        description="`builtin:arithmetic` (the task suite's eval split, never trained on) or a JSONL file with "
-        "`question` and `answer`.",
-    )
-    n: int = Field(100, ge=1, description="Questions evaluated.")
-    seed: int = Field(0, description="Seed of the built-in eval questions.")
     max_tokens: int = Field(256, ge=8, description="Completion tokens per question.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy, so versions differ by weights, not luck.")
     concurrency: int = Field(16, ge=1, description="Questions in flight.")
@@ -434,6 +442,107 @@ class StorageConfig(BaseModel):
             raise ValueError(f"adapters_url must look like s3://bucket/prefix, got {v!r} (unset it for the data dir)")
         return v.rstrip("/") if v else v
 
+TASK_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+DEFAULT_TASK = "default"
+DEFAULT_RUBRIC = ("Score how well the answer does what the request asks: correct, complete, in the format the request "
+                  "sets, no invented facts. 5 = a reply the requester would use as is; 1 = wrong or useless.")
+
+
+class TaskMatch(BaseModel):
+    """How a request that does not name its task (`metadata.task`) is recognised as this one."""
+
+    system_prompt_prefix: str | None = Field(
+        None, min_length=1, description="The request's first system (or developer) message starts with this text.",
+    )
+
+
+class TaskEval(BaseModel):
+    """The task's evaluation slice: what the gate measures a candidate on for this task."""
+
+    holdout: float = Field(
+        0.2, ge=0, le=0.9, description="Share of the task's captured requests held out of training (a stable split "
+        "by request id hash); those with a gold (a client's label or the teachers' consensus) are the slice.",
+    )
+    max_items: int = Field(200, ge=1, description="Held-out requests evaluated per cycle (the newest).")
+    golden: str | None = Field(
+        None, description="An operator's own golden set, evaluated besides the held-out traffic: `builtin:arithmetic` "
+        "(the embedded demo's suite, eval split) or a JSONL file with `messages` (or `question`) and `answer`.",
+    )
+    golden_n: int = Field(100, ge=1, description="Items read from the golden set.")
+    golden_seed: int = Field(0, description="Seed of `builtin:arithmetic` questions.")
+    tolerance: float = Field(
+        0.05, ge=0, le=1, description="The gate refuses a candidate whose accuracy on this task falls by more than "
+        "this (absolute), whatever it gains elsewhere.",
+    )
+
+
+class TaskProfile(BaseModel):
+    """One kind of traffic: how it is recognised, read, judged, debated, captured and gated."""
+
+    name: str = Field(pattern=TASK_NAME, description="Task name, as clients send it in `metadata.task`.")
+    answer_type: AnswerType = Field(
+        "text", description="`number` (math equivalence), `choice` (option letters), `label` (one of `labels`, "
+        "verbatim), `text` (free form, judged by the teachers against `rubric`), `json` (valid against "
+        "`json_schema`, compared field by field).",
+    )
+    labels: list[str] = Field(default_factory=list, description="The closed label set of a `label` task.")
+    labels_file: Path | None = Field(None, description="A JSON list of labels, instead of `labels`.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema an answer of a `json` task must satisfy (unset: any JSON value).",
+    )
+    rubric: str = Field(DEFAULT_RUBRIC, description="What the judging teachers score a `text` answer against.")
+    judge_threshold: float = Field(
+        4.0, ge=1, le=5, description="A `text` answer is correct when its mean judge score (1-5) is at least this.",
+    )
+    match: TaskMatch = Field(default_factory=TaskMatch)
+    sample_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of this task's requests captured (unset: `capture.sample_rate`).",
+    )
+    teachers: list[str] = Field(
+        default_factory=list, description="Names of the `debate.teachers` that debate this task (empty: all).",
+    )
+    train_reasoning: bool = Field(
+        True, description="Also train on the teachers' accepted rationales in the debate's format (FAIR's rationale "
+        "items). False trains a `label`/`json` task on its app-format answers only: the app reads the answer alone, "
+        "and reasoning items cost training time (long debate prompts) without changing what it is served.",
+    )
+    eval: TaskEval = Field(default_factory=TaskEval)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskProfile:
+        if self.answer_type == "label" and not (self.labels or self.labels_file):
+            raise ValueError(f"task {self.name!r} has answer_type label but no label set: give `labels` or "
+                             "`labels_file`")
+        if self.labels and self.labels_file:
+            raise ValueError(f"task {self.name!r}: give `labels` or `labels_file`, not both")
+        if self.labels_file is not None:
+            try:
+                loaded = json.loads(self.labels_file.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"task {self.name!r}: labels_file {str(self.labels_file)!r} cannot be read as "
+                                 f"JSON: {e}") from None
+            if (not isinstance(loaded, list) or not loaded or len(set(map(str, loaded))) != len(loaded)
+                    or not all(isinstance(x, str) and x for x in loaded)):
+                raise ValueError(f"task {self.name!r}: labels_file {str(self.labels_file)!r} must hold a JSON list "
+                                 "of unique, non-empty label strings")
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"task {self.name!r}: labels must be unique")
+        return self
+
+    @cached_property
+    def spec(self) -> AnswerSpec:
+        """How this task's answers are read and compared (its label set read once)."""
+        labels = self.labels
+        if self.labels_file is not None:
+            labels = [str(x) for x in json.loads(self.labels_file.read_text())]
+        return AnswerSpec(self.answer_type, tuple(labels), self.json_schema)
+
+
+def _embedded_tasks() -> list[TaskProfile]:
+    # The embedded demo's one task: arithmetic word problems, measured on the suite's eval split.
+    return [TaskProfile(name=DEFAULT_TASK, answer_type="number",
+                        eval=TaskEval(holdout=0.0, golden="builtin:arithmetic", golden_n=100))]
+
 
 class RayConfig(BaseModel):
     address: str | None = Field(None, description="Existing Ray cluster address; unset starts a local one.")
@@ -458,9 +567,27 @@ class Settings(BaseSettings):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tasks: list[TaskProfile] = Field(
+        default_factory=_embedded_tasks, description="Task profiles. A request is the task its `metadata.task` names, "
+        "else the first whose `match` fits, else `default` (added as a `text` task when not listed).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks names must be unique, got {names}")
+        if DEFAULT_TASK not in names:
+            self.tasks.append(TaskProfile(name=DEFAULT_TASK))
+        teachers = {t.name for t in self.debate.teachers}
+        for task in self.tasks:
+            unknown = set(task.teachers) - teachers
+            if unknown:
+                raise ValueError(f"task {task.name!r} names teachers {sorted(unknown)} that are not in debate.teachers "
+                                 f"{sorted(teachers)}")
+            if self.debate.enabled and task.teachers and len(task.teachers) < 2:
+                raise ValueError(f"task {task.name!r} lists {len(task.teachers)} teacher: a debate needs at least two "
+                                 "(peer review scores each by the others)")
         if self.server.admin_key is not None and any(
             k.get_secret_value() == self.server.admin_key.get_secret_value() for k in self.server.api_keys
         ):
@@ -513,6 +640,10 @@ class Settings(BaseSettings):
     def jobs_dir(self) -> Path:
         """Training cycles' working folders (checkpoints, logs); published adapters are copied out of here."""
         return self.data_dir / "jobs"
+
+    def task(self, name: str) -> TaskProfile:
+        """The profile of task `name`; `default` for a name that is not configured."""
+        return next((t for t in self.tasks if t.name == name), None) or self.task(DEFAULT_TASK)
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with secrets masked (safe to print or log)."""

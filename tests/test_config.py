@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -64,3 +66,108 @@ def test_teacher_endpoint_and_key_from_environment(monkeypatch):
     assert agent.base_url == "https://teacher.example/v1" and agent.headers["Authorization"] == "Bearer sk-secret"
     with pytest.raises(ValidationError, match="needs a base_url or base_url_env"):
         TeacherConfig(name="nowhere", model="m")
+
+
+BANKING77_LABELS = Path("/work/shared/data/banking77/labels.json")
+
+
+def test_a_label_task_needs_exactly_one_label_source(tmp_path):
+    from services.config import TaskProfile
+
+    with pytest.raises(ValidationError, match=r"task 'intent' has answer_type label but no label set: give "
+                                              r"`labels` or `labels_file`"):
+        TaskProfile(name="intent", answer_type="label")
+    labels = tmp_path / "labels.json"
+    labels.write_text('["a", "b"]')
+    with pytest.raises(ValidationError, match="give `labels` or `labels_file`, not both"):
+        TaskProfile(name="intent", answer_type="label", labels=["a"], labels_file=labels)
+    with pytest.raises(ValidationError, match="is not a file"):
+        TaskProfile(name="intent", answer_type="label", labels_file=tmp_path / "missing.json")
+    with pytest.raises(ValidationError, match="labels must be unique"):
+        TaskProfile(name="intent", answer_type="label", labels=["a", "a"])
+    with pytest.raises(ValidationError, match="name"):
+        TaskProfile(name="Intent Classifier")  # not a task name (lowercase, no spaces)
+    assert TaskProfile(name="intent", answer_type="label", labels_file=labels).spec.labels == ("a", "b")
+
+
+def test_tasks_name_known_teachers_and_at_least_two_while_debating():
+    with pytest.raises(ValidationError, match=r"task 'intent' names teachers \['gpt-x'\] that are not in "
+                                              r"debate.teachers"):
+        Settings(tasks=[{"name": "intent", "teachers": ["ref-exact", "gpt-x"]}])
+    with pytest.raises(ValidationError, match="task 'intent' lists 1 teacher: a debate needs at least two"):
+        Settings(tasks=[{"name": "intent", "teachers": ["ref-exact"]}])
+    alone = Settings(tasks=[{"name": "intent", "teachers": ["ref-exact"]}], debate={"enabled": False})
+    assert alone.task("intent").teachers == ["ref-exact"]  # no debates, no peer review to need a second
+    two = Settings(tasks=[{"name": "intent", "teachers": ["ref-exact", "ref-sloppy"]}])
+    assert two.task("intent").teachers == ["ref-exact", "ref-sloppy"]
+
+
+def test_task_names_are_unique_and_default_is_added_as_a_text_task():
+    with pytest.raises(ValidationError, match="tasks names must be unique"):
+        Settings(tasks=[{"name": "intent", "answer_type": "text"}, {"name": "intent", "answer_type": "number"}])
+    s = Settings(tasks=[{"name": "intent", "answer_type": "label", "labels": ["a", "b"]}])
+    assert [t.name for t in s.tasks] == ["intent", "default"]
+    assert s.task("default").answer_type == "text" and s.task("default").spec.type == "text"
+    kept = Settings(tasks=[{"name": "default", "answer_type": "choice"}])
+    assert [(t.name, t.answer_type) for t in kept.tasks] == [("default", "choice")]  # a listed default stays
+
+
+def test_the_embedded_task_is_arithmetic_measured_on_the_suite():
+    s = Settings()
+    [default] = s.tasks
+    assert (default.name, default.answer_type, default.eval.golden, default.eval.holdout) == \
+           ("default", "number", "builtin:arithmetic", 0.0)
+
+
+def test_an_unconfigured_task_name_is_the_default_profile():
+    s = Settings(tasks=[{"name": "intent", "answer_type": "label", "labels": ["a", "b"]}])
+    assert s.task("intent").answer_type == "label"
+    assert s.task("nope") is s.task("default")
+    assert s.task("") is s.task("default")
+
+
+def test_spec_reads_the_labels_file_once(tmp_path):
+    from services.config import TaskProfile
+
+    task = TaskProfile(name="banking77", answer_type="label", labels_file=BANKING77_LABELS)
+    assert len(task.spec.labels) == 77 and "card_arrival" in task.spec.labels
+    copy = tmp_path / "labels.json"
+    copy.write_text(BANKING77_LABELS.read_text())
+    mine = TaskProfile(name="banking77", answer_type="label", labels_file=copy)
+    first = mine.spec
+    copy.write_text('["only_this"]')  # read at first use, then kept: a later edit (or removal) changes nothing
+    copy.unlink()
+    assert mine.spec is first and len(mine.spec.labels) == 77 and mine.spec.type == "label"
+
+
+def test_tasks_from_the_yaml_file(monkeypatch, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+tasks:
+  - name: intent
+    answer_type: label
+    labels_file: {BANKING77_LABELS}
+    match: {{system_prompt_prefix: "You are a banking assistant."}}
+    sample_rate: 0.5
+    eval: {{holdout: 0.3, tolerance: 0.02}}
+""")
+    monkeypatch.setenv("DISTILLERY_CONFIG", str(cfg))
+    s = Settings()
+    intent = s.task("intent")
+    assert intent.match.system_prompt_prefix == "You are a banking assistant." and intent.sample_rate == 0.5
+    assert (intent.eval.holdout, intent.eval.tolerance, intent.eval.max_items) == (0.3, 0.02, 200)
+    assert len(intent.spec.labels) == 77 and [t.name for t in s.tasks] == ["intent", "default"]
+    with pytest.raises(ValidationError):
+        Settings(tasks=[{"name": "intent", "eval": {"holdout": 0.95}}])  # at most 0.9: something must train
+
+
+def test_a_labels_file_must_hold_a_label_set(tmp_path):
+    """An empty (or malformed) labels_file is no label set: refused at load, as a missing one is, not left to
+    behave as a free-text task (any answer valid) or fail at first use in a serving path."""
+    from services.config import TaskProfile
+
+    for content in ("[]", '"card_arrival"', '["a", "a"]'):
+        path = tmp_path / "labels.json"
+        path.write_text(content)
+        with pytest.raises(ValidationError, match="label"):
+            TaskProfile(name="intent", answer_type="label", labels_file=path)

@@ -43,15 +43,19 @@ class NullSink:
 
 
 class CapturePolicy:
-    def __init__(self, cfg: CaptureConfig, sink: CaptureSink, rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: CaptureConfig, sink: CaptureSink, rng: random.Random | None = None,
+                 task_rates: dict[str, float] | None = None) -> None:
+        """`task_rates`: a task profile's own capture rate, instead of `cfg.sample_rate`."""
         self.cfg = cfg
         self.sink = sink
         self._rng = rng or random.Random()
+        self.task_rates = task_rates or {}
 
-    def wants(self, endpoint: str, headers: dict[str, str]) -> bool:
+    def wants(self, endpoint: str, headers: dict[str, str], task: str | None = None) -> bool:
+        rate = self.task_rates.get(task, self.cfg.sample_rate) if task else self.cfg.sample_rate
         return (
             self.cfg.enabled
             and endpoint == "chat"
             and headers.get(OPT_OUT_HEADER, "").strip() not in {"1", "true", "yes"}
-            and self._rng.random() < self.cfg.sample_rate
+            and self._rng.random() < rate
         )

@@ -15,8 +15,10 @@ from typing import Any
 
 from services.capture.policy import FinishedRequest
 from services.capture.redact import Redactor
+from services.config import DEFAULT_TASK
 from services.store.controls import Controls
 from services.store.mags import MagStore
+from services.tasks.routing import in_holdout
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,11 @@ def question_of(messages: list[dict[str, Any]], context_chars: int = 4000) -> st
 
 class StoreSink:
     def __init__(self, store: MagStore, redact: Redactor, *, capacity: int = 10_000, batch: int = 64,
-                 linger_s: float = 0.05, controls: Controls | None = None, context_chars: int = 4000) -> None:
+                 linger_s: float = 0.05, controls: Controls | None = None, context_chars: int = 4000,
+                 holdout: dict[str, float] | None = None) -> None:
+        """`holdout`: per task, the share of its requests held out of training (`tasks[].eval.holdout`)."""
         self.store, self.redact, self.controls = store, redact, controls
+        self.holdout = holdout or {}
         self.context_chars = context_chars
         self.batch, self.linger_s = batch, linger_s
         self._q: queue.Queue[FinishedRequest | None] = queue.Queue(maxsize=capacity)
@@ -84,7 +89,9 @@ class StoreSink:
         question = question_of(messages, self.context_chars)
         if question is None:
             return None
+        task = item.request.get("task") or DEFAULT_TASK
         return {"request_id": item.request_id, "response_id": item.response_id or None, "source": "traffic",
+                "task": task, "held_out": in_holdout(item.request_id, self.holdout.get(task, 0.0)),
                 "question": question, "messages": messages,
                 "served_output": self.redact(item.outputs[0]) if item.outputs else None,
                 "served_adapter": item.adapter}

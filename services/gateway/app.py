@@ -44,6 +44,7 @@ from services.registry import AdapterRegistry
 from services.store.controls import Controls
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
+from services.tasks.routing import TaskRouter
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ def build_app(
     app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None)
     metrics = metrics or ServingMetrics()
     auth = Auth(settings.server)
-    generation = GenerationService(settings, student, metrics, CapturePolicy(settings.capture, sink or NullSink()))
+    capture = CapturePolicy(settings.capture, sink or NullSink(), task_rates={
+        t.name: t.sample_rate for t in settings.tasks if t.sample_rate is not None})
+    generation = GenerationService(settings, student, metrics, capture)
     max_len = settings.student.max_model_len
-    chat = ChatServing(generation, tokenizer, max_len)
+    chat = ChatServing(generation, tokenizer, max_len, TaskRouter(settings.tasks))
     completions = CompletionServing(generation, tokenizer, max_len)
     adapters = AdapterService(registry, student, metrics)
-    feedback = FeedbackService(store)
+    feedback = FeedbackService(store, settings)
     jobs = jobs or JobsService(None, None)
     distillation = DistillationService(controls)
     app.state.metrics, app.state.generation = metrics, generation

@@ -35,9 +35,11 @@ class ServiceClient:
         self.timeout = timeout_s
 
     async def chat(self, client: httpx.AsyncClient, model: str, question: str, *, max_tokens: int,
-                   temperature: float, retries: int = 5) -> dict[str, Any]:
-        body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-                "temperature": temperature}
+                   temperature: float, retries: int = 5, messages: list[dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+        """`messages`: the request as a client sent it; default: `question` as one user message."""
+        body = {"model": model, "messages": messages or [{"role": "user", "content": question}],
+                "max_tokens": max_tokens, "temperature": temperature}
         for attempt in range(retries + 1):
             r = await client.post(f"{self.url}/v1/chat/completions", json=body, headers=self.headers)
             if r.status_code in {429, 503} and attempt < retries:  # admission control: back off and retry

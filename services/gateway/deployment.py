@@ -48,7 +48,8 @@ class GatewayDeployment:
         if settings.capture.enabled:
             store = MagStore(db)
             sink = self._sink = StoreSink(store, build_redactor(settings.capture), controls=controls,
-                                         context_chars=settings.capture.context_chars)
+                                         context_chars=settings.capture.context_chars,
+                                         holdout={t.name: t.eval.holdout for t in settings.tasks})
         self._app = build_app(
             settings,
             student=RayStudentClient(student),

@@ -240,7 +240,7 @@ class _Finisher:
             return
         m.tokens_per_query.labels(self.adapter).observe(t.prompt_tokens + t.completion_tokens)
         m.completion_tokens_per_query.labels(self.adapter).observe(t.completion_tokens)
-        if svc.capture.wants(self.endpoint, self.headers):
+        if svc.capture.wants(self.endpoint, self.headers, self.capture_payload.get("task")):
             item = FinishedRequest(
                 request_id=self.req.request_id,
                 endpoint=self.endpoint,

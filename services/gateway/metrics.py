@@ -59,6 +59,11 @@ class ServingMetrics:
             "distillery_adapter_events", "Adapter operations by action and outcome.", ["action", "outcome"],
             registry=r,
         )
+        self.task_requests = Counter(
+            "distillery_task_requests", "Chat requests by task and how it was recognised: `metadata`, `rule`, "
+            "`default`, or `unknown` (a `metadata.task` that is not configured, served and captured as `default`).",
+            ["task", "via"], registry=r,
+        )
         self.capture_dropped = Counter(
             "distillery_capture_dropped", "Finished requests the capture sink could not take.", registry=r
         )

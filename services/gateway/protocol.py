@@ -85,7 +85,6 @@ class SamplingFields(BaseModel):
         "suffix": (None, ""),
         "best_of": (None, 1),
         "logit_bias": (None, {}),
-        "metadata": None,  # any value: informational
         "store": None,
         "service_tier": None,
     }
@@ -104,6 +103,24 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    metadata: dict[str, str] | None = Field(
+        None, description="OpenAI's request metadata (at most 16 pairs, keys <= 64 and values <= 512 characters); "
+        "`task` names the request's task profile.",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _openai_metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if len(v) > 16:
+            raise ValueError(f"metadata may hold at most 16 key-value pairs, got {len(v)}")
+        for key, value in v.items():
+            if len(key) > 64:
+                raise ValueError(f"metadata keys may be at most 64 characters, got one of {len(key)}")
+            if len(value) > 512:
+                raise ValueError(f"metadata values may be at most 512 characters, got one of {len(value)} ({key!r})")
+        return v
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -13,6 +13,7 @@ from services.gateway.protocol import ChatCompletionRequest, ChatCompletionRespo
 from services.gateway.validation import check_context, parse_body
 from services.student.events import Delta, GenerateRequest
 from services.student.tokenizer import PromptTokenizer
+from services.tasks.routing import TaskRouter
 
 
 def sampling_fields(req: Any) -> dict[str, Any]:
@@ -62,10 +63,12 @@ class ChatRenderer:
 
 
 class ChatServing:
-    def __init__(self, generation: GenerationService, tokenizer: PromptTokenizer, max_model_len: int) -> None:
+    def __init__(self, generation: GenerationService, tokenizer: PromptTokenizer, max_model_len: int,
+                 router: TaskRouter) -> None:
         self.generation = generation
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.router = router
 
     async def create(
         self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float
@@ -85,8 +88,10 @@ class ChatServing:
             return err
         gen = GenerateRequest(request_id, req.model, [ids], limit, sampling_fields(req), stream=req.stream)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        route = self.router.route(req.metadata, messages)
+        self.generation.metrics.task_requests.labels(route.task, route.via).inc()
         payload = {"messages": messages, **{k: v for k, v in sampling_fields(req).items() if v is not None},
-                   "max_tokens": limit}
+                   "max_tokens": limit, "task": route.task}
         return await self.generation.run(
             gen, ChatRenderer(req.model), stream=req.stream, include_usage=include_usage, started_at=started_at,
             capture_payload=payload, headers=headers,

@@ -53,6 +53,22 @@ class Database:
         import services.store.jobs  # noqa: F401
 
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store made by an older release lacks the columns added since: add them (nullable, so existing rows
+        read as NULL, which every reader takes as the column's default). Only additions are handled here; a
+        change of type or a removal needs a real migration."""
+        from sqlalchemy import inspect, text
+
+        insp = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have and col.nullable:
+                        kind = col.type.compile(dialect=self.engine.dialect)
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -28,6 +28,8 @@ class CaptureRow(Base):
     request_id: Mapped[str] = mapped_column(String(160), unique=True, index=True)
     response_id: Mapped[str | None] = mapped_column(String(160), index=True)
     source: Mapped[str] = mapped_column(String(32), default="traffic")  # traffic | batch
+    task: Mapped[str | None] = mapped_column(String(64), default="default")  # its task profile (NULL: default)
+    held_out: Mapped[bool | None] = mapped_column(Boolean, default=False)  # in its task's evaluation slice
     question: Mapped[str] = mapped_column(Text)
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     served_output: Mapped[str | None] = mapped_column(Text)
@@ -58,6 +60,8 @@ class DebateRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     capture_id: Mapped[int | None] = mapped_column(ForeignKey("capture_queue.id"), index=True)
     source: Mapped[str] = mapped_column(String(160), default="traffic")  # traffic | batch:<dataset>
+    task: Mapped[str | None] = mapped_column(String(64), default="default")
+    held_out: Mapped[bool | None] = mapped_column(Boolean, default=False)  # never trained on: the gate measures it
     question: Mapped[str] = mapped_column(Text)
     answer_kind: Mapped[str] = mapped_column(String(16))
     gold: Mapped[str | None] = mapped_column(Text)

@@ -93,6 +93,10 @@ class Mag:
     note: str | None = None
     source: str = "traffic"
     request_id: str | None = None
+    task: str | None = None  # None: `default` (a store older than task profiles)
+    held_out: bool | None = None  # in its task's evaluation slice: never trained on
+    messages: list[dict[str, Any]] | None = None  # the request as the client sent it (traffic only)
+    served_output: str | None = None  # what the student replied to the client (traffic only)
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
 
@@ -121,6 +125,8 @@ class CaptureItem:
     label: str | None
     label_source: str | None
     attempts: int
+    task: str = "default"
+    held_out: bool = False
 
 
 class MagStore:
@@ -155,8 +161,8 @@ class MagStore:
                 attempts=CaptureRow.attempts + 1, updated_at=now))
             rows = s.scalars(select(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.lease_owner == owner,
                                                       CaptureRow.status == "running"))
-            return [CaptureItem(r.id, r.request_id, r.source, r.question, r.label, r.label_source, r.attempts)
-                    for r in rows]
+            return [CaptureItem(r.id, r.request_id, r.source, r.question, r.label, r.label_source, r.attempts,
+                                r.task or "default", bool(r.held_out)) for r in rows]
 
     def heartbeat(self, owner: str, ids: list[int], lease_s: float) -> None:
         if not ids:
@@ -197,7 +203,8 @@ class MagStore:
             row = s.get(CaptureRow, item_id)
             if row is None:
                 return "missing"
-            row.lease_owner, row.lease_until, row.updated_at, row.error = None, None, utcnow(), error
+            row.lease_owner, row.lease_until, row.updated_at = None, None, utcnow()
+            row.error = error or row.error  # an earlier note (a dropped label) stays unless a new error replaces it
             debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
             if ok and debate is not None and row.label and debate.gold_source not in {"feedback", "dataset"}:
                 if _agrees(debate.gold, row.label):
@@ -242,6 +249,16 @@ class MagStore:
                 debate.note = "a client label disagreed with this debate's gold"
             row.status, row.debate_id, row.attempts, row.error = "queued", None, 0, None
             return "requeued", row.request_id
+
+    def set_label(self, item_id: int, label: str | None, error: str | None = None) -> None:
+        """Replace a queued item's label with its canonical form, or drop one its task does not allow (`error`
+        says why), so the item's debate and its close agree on the label."""
+        with self.db.session() as s:
+            row = s.get(CaptureRow, item_id)
+            if row is not None:
+                row.label, row.updated_at = label, utcnow()
+                if label is None:
+                    row.label_source, row.error = None, error
 
     def queue_counts(self) -> dict[str, int]:
         with self.db.session() as s:
@@ -291,8 +308,9 @@ class MagStore:
     def _mag(self, s: Any, row: DebateRow, with_graph: bool) -> Mag:
         cap = s.get(CaptureRow, row.capture_id) if row.capture_id else None
         mag = Mag(**{f.name: getattr(row, f.name) for f in fields(Mag)
-                     if f.name not in {"nodes", "edges", "request_id"}},
-                  request_id=cap.request_id if cap else None)
+                     if f.name not in {"nodes", "edges", "request_id", "messages", "served_output"}},
+                  request_id=cap.request_id if cap else None, messages=cap.messages if cap else None,
+                  served_output=cap.served_output if cap else None)
         if with_graph:
             nodes = s.scalars(select(NodeRow).where(NodeRow.debate_id == row.id).order_by(NodeRow.id))
             mag.nodes = [Node(**{k: getattr(r, k) for k in _NODE_FIELDS}) for r in nodes]
@@ -306,10 +324,16 @@ class MagStore:
             return self._mag(s, row, True) if row else None
 
     def list(self, *, limit: int = 50, usable: bool | None = None, status: str | None = None,
-             since: datetime | None = None, with_graph: bool = False, newest_first: bool = True) -> list[Mag]:
+             since: datetime | None = None, with_graph: bool = False, newest_first: bool = True,
+             held_out: bool | None = None, task: str | None = None) -> list[Mag]:
         q = select(DebateRow)
         if usable is not None:
             q = q.where(DebateRow.usable == usable)
+        if held_out is not None:
+            q = q.where(DebateRow.held_out.is_(True) if held_out else DebateRow.held_out.isnot(True))
+        if task is not None:
+            q = q.where(DebateRow.task == task if task != "default" else
+                        (DebateRow.task == task) | DebateRow.task.is_(None))
         if status is not None:
             q = q.where(DebateRow.status == status)
         if since is not None:
@@ -342,6 +366,39 @@ class MagStore:
         correct = sum(same_answer(read_for_eval(out, answer_type_of(label)), label, answer_type_of(label))
                       for out, label in rows)
         return len(rows), correct
+
+    def eval_slice(self, task: str, limit: int) -> list[tuple[str, list[dict[str, Any]], str]]:
+        """A task's held-out requests that carry a gold, newest first: (request id, messages as sent, gold).
+
+        The gold is the client's label when there is one, else that of the request's finished debate (a label
+        or the teachers' consensus)."""
+        task_is = CaptureRow.task == task if task != "default" else (
+            (CaptureRow.task == task) | CaptureRow.task.is_(None))
+        q = (select(CaptureRow.request_id, CaptureRow.messages, CaptureRow.label, DebateRow.gold)
+             .outerjoin(DebateRow, (DebateRow.id == CaptureRow.debate_id) & (DebateRow.status == "done"))
+             .where(CaptureRow.held_out.is_(True), CaptureRow.source == "traffic", task_is)
+             .where(CaptureRow.label.is_not(None) | DebateRow.gold.is_not(None))
+             .order_by(CaptureRow.id.desc()).limit(limit))
+        with self.db.session() as s:
+            return [(rid, msgs, label if label is not None else gold) for rid, msgs, label, gold in s.execute(q)]
+
+    def task_counts(self, since: datetime | None = None) -> dict[str, int]:
+        """Captured traffic per task (the gate's traffic weights)."""
+        q = select(CaptureRow.task, func.count()).where(CaptureRow.source == "traffic").group_by(CaptureRow.task)
+        if since is not None:
+            q = q.where(CaptureRow.created_at >= since)
+        out: dict[str, int] = {}
+        with self.db.session() as s:
+            for task, n in s.execute(q):
+                out[task or "default"] = out.get(task or "default", 0) + n
+        return out
+
+    def task_of(self, key: str) -> str | None:
+        """The task of a captured request (by request id or completion id); None when it is not captured."""
+        with self.db.session() as s:
+            row = s.execute(select(CaptureRow.task).where(
+                (CaptureRow.request_id == key) | (CaptureRow.response_id == key))).first()
+            return (row[0] or "default") if row is not None else None
 
     def stats(self) -> dict[str, Any]:
         """Totals for metrics and the CLI."""

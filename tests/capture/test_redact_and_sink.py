@@ -72,3 +72,63 @@ def test_the_debated_question_carries_the_system_prompt_and_earlier_turns() -> N
     assert short is not None and short.endswith("last?") and "turn 9" in short and "turn 0" not in short
     assert "S" * 100 + " [...]" in short and "S" * 101 not in short and "[...]\nUser: turn" in short
     assert question_of([{"role": "system", "content": "hi"}]) is None  # nothing to debate
+
+
+def finished(rid: str, task: str | None) -> FinishedRequest:
+    request = {"messages": [{"role": "user", "content": f"question {rid}"}]}
+    if task is not None:
+        request["task"] = task
+    return FinishedRequest(rid, "chat", "student", "base", request, ["answer"], 5, 1, 0.1)
+
+
+def test_the_sink_records_each_requests_task_and_holdout_by_its_tasks_share(store):
+    from services.tasks.routing import in_holdout
+
+    ids = [f"req-{i}" for i in range(60)]
+    held = [r for r in ids if in_holdout(r, 0.5)]
+    kept = [r for r in ids if not in_holdout(r, 0.5)]
+    assert len(held) >= 2 and len(kept) >= 2
+    sink = StoreSink(store, default_redactor(7), linger_s=0.01, holdout={"intent": 0.5, "default": 0.0})
+    for rid in (held[0], kept[0]):
+        assert sink.offer(finished(rid, "intent"))
+    assert sink.offer(finished(held[1], None))  # no task in the payload: default, whose share is 0
+    assert sink.offer(finished(kept[1], "math"))  # a task without a share: nothing held out
+    sink.close()
+    got = {i.request_id: (i.task, i.held_out) for i in store.claim("w", 10, 60)}
+    assert got == {held[0]: ("intent", True), kept[0]: ("intent", False), held[1]: ("default", False),
+                   kept[1]: ("math", False)}
+    assert store.task_of(held[0]) == "intent" and store.task_of(held[1]) == "default"
+
+
+def test_the_sink_without_holdout_shares_holds_nothing_out(store):
+    from services.tasks.routing import in_holdout
+
+    rid = next(f"r{i}" for i in range(100) if in_holdout(f"r{i}", 0.9))
+    sink = StoreSink(store, default_redactor(7), linger_s=0.01)
+    sink.offer(finished(rid, "intent"))
+    sink.close()
+    [item] = store.claim("w", 1, 60)
+    assert (item.task, item.held_out) == ("intent", False)
+
+
+def test_capture_rate_per_task():
+    import random
+
+    from services.capture.policy import CapturePolicy, NullSink
+
+    policy = CapturePolicy(CaptureConfig(sample_rate=1.0), NullSink(), rng=random.Random(0),
+                           task_rates={"quiet": 0.0, "half": 0.5})
+    assert not any(policy.wants("chat", {}, "quiet") for _ in range(2000))
+    assert all(policy.wants("chat", {}, "loud") for _ in range(500))  # no rate of its own: capture.sample_rate
+    assert all(policy.wants("chat", {}) for _ in range(500))
+    half = sum(policy.wants("chat", {}, "half") for _ in range(4000))
+    assert 1800 <= half <= 2200, half
+    assert not policy.wants("chat", {"x-distillery-no-distill": "1"}, "half")
+    assert not any(policy.wants("chat", {"x-distillery-no-distill": "1"}, "loud") for _ in range(50))
+    assert not policy.wants("completions", {}, "loud")
+    # A task's own rate also opens capture where the global rate is 0, and a disabled capture stays off.
+    only = CapturePolicy(CaptureConfig(sample_rate=0.0), NullSink(), rng=random.Random(1), task_rates={"a": 1.0})
+    assert all(only.wants("chat", {}, "a") for _ in range(200))
+    assert not any(only.wants("chat", {}, "b") or only.wants("chat", {}) for _ in range(200))
+    off = CapturePolicy(CaptureConfig(enabled=False), NullSink(), rng=random.Random(2), task_rates={"a": 1.0})
+    assert not off.wants("chat", {}, "a")
