@@ -40,7 +40,8 @@ class DebateDeployment:
         self.metrics = DebateMetrics(self.store)
         engine = DebateEngine(agent, build_teachers(cfg, teachers_url), cfg, self.store,
                               budget=BlockBudget(tokenizer.tok), observer=self.metrics)
-        self.worker = DebateWorker(engine, self.store, cfg, controls=Controls(self.store.db))
+        self.worker = DebateWorker(engine, self.store, cfg, controls=Controls(self.store.db),
+                                   task_of=settings.task)
         self._task = asyncio.create_task(self.worker.run_forever())
 
     def metrics_text(self) -> bytes:

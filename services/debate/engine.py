@@ -28,17 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.config import DebateConfig
+from services.config import DebateConfig, TaskProfile
 from services.debate import prompts
 from services.debate.agents import Agent, Reply
 from services.debate.budget import BlockBudget
 from services.store.debates import utcnow
 from services.store.mags import Edge, MagStore, Node
-from services.tasks.answers import AnswerType, answer_type_of, read_answer, read_score, same_answer
+from services.tasks.answers import AnswerSpec, answer_type_of, is_valid, read_answer, read_score, same_answer, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,8 @@ class DebateInput:
     label_source: str | None = None  # feedback | dataset
     capture_id: int | None = None
     source: str = "traffic"  # traffic | batch:<dataset>
+    task: TaskProfile | None = None  # None: answer type from the label (a dataset's), `text` without one
+    held_out: bool = False  # in the task's evaluation slice (debated for its gold, never trained on)
 
 
 @dataclass
@@ -71,15 +72,6 @@ class DebateResult:
     student_correct_first: bool | None
     student_correct_last: bool | None
     error: str | None = None
-
-
-def guess_type(question: str) -> AnswerType:
-    """Answer type before any answer exists (unlabelled traffic), from the last message: options -> choice,
-    numbers -> number."""
-    message = prompts.final_message(question)
-    if len(re.findall(r"^\s*\(?[A-J][).:]\s", message, flags=re.M)) >= 2:
-        return "choice"
-    return "number" if re.search(r"\d", message) else "text"
 
 
 class DebateEngine:
@@ -103,17 +95,27 @@ class DebateEngine:
     def agents(self) -> list[Agent]:
         return [self.student, *self.teachers]
 
+    def teachers_for(self, task: TaskProfile | None) -> list[Agent]:
+        return [t for t in self.teachers if task is None or not task.teachers or t.name in task.teachers]
+
     async def run(self, inp: DebateInput) -> DebateResult:
-        answer_type = answer_type_of(inp.label) if inp.label else guess_type(inp.question)
-        gold_source = (inp.label_source or "dataset") if inp.label else "none"
+        spec = inp.task.spec if inp.task else spec_of(answer_type_of(inp.label) if inp.label else "text")
+        label, note = inp.label, None
+        if label is not None and not is_valid(label, spec):  # e.g. a label outside the task's set
+            label, note = None, f"the {inp.label_source or 'dataset'} label {inp.label[:80]!r} is not a valid answer " \
+                                f"for task {inp.task.name if inp.task else '-'}: ignored"
+        gold_source = (inp.label_source or "dataset") if label else "none"
+        teachers = self.teachers_for(inp.task)
         did = self.store.start_debate(
-            capture_id=inp.capture_id, source=inp.source, question=inp.question, answer_kind=answer_type,
-            gold=inp.label, gold_source=gold_source, prompt_version=prompts.PROMPT_VERSION,
-            agents=[{"name": a.name, "role": a.role, "model": a.model} for a in self.agents], status="running",
+            capture_id=inp.capture_id, source=inp.source, question=inp.question, answer_kind=spec.type,
+            gold=label, gold_source=gold_source, prompt_version=prompts.PROMPT_VERSION, note=note,
+            task=inp.task.name if inp.task else None, held_out=inp.held_out,
+            agents=[{"name": a.name, "role": a.role, "model": a.model} for a in [self.student, *teachers]],
+            status="running",
         )
         if inp.capture_id is not None:
             self.store.attach_debate(inp.capture_id, did)
-        result = await _Debate(self, did, inp.question, answer_type, inp.label, gold_source).run()
+        result = await _Debate(self, did, inp, spec, label, gold_source, teachers).run()
         if self.observer is not None:
             self.observer.on_finish(result)
         return result
@@ -125,11 +127,14 @@ Call = tuple[Agent, str, str, int, str | None]  # agent, prompt, kind, round, ta
 class _Debate:
     """The state of one running debate."""
 
-    def __init__(self, eng: DebateEngine, did: int, question: str, answer_type: AnswerType, gold: str | None,
-                 gold_source: str) -> None:
+    def __init__(self, eng: DebateEngine, did: int, inp: DebateInput, spec: AnswerSpec, gold: str | None,
+                 gold_source: str, teachers: list[Agent]) -> None:
         self.eng, self.cfg, self.store = eng, eng.cfg, eng.store
-        self.did, self.question, self.answer_type = did, question, answer_type
+        self.did, self.question, self.spec = did, inp.question, spec
+        self.judged = spec.type == "text" and inp.task is not None  # free form: the teachers judge correctness
+        self.task = inp.task
         self.gold, self.gold_source = gold, gold_source
+        self.teachers, self.agents = teachers, [eng.student, *teachers]
         self.nodes: list[Node] = []
 
     # ---- one call, one phase --------------------------------------------------------------------------
@@ -145,7 +150,7 @@ class _Debate:
         if reply.error is not None or reply.text is None:
             node.status = "error"
         elif kind == "answer":
-            reading = read_answer(reply.text, self.answer_type, finish_reason=reply.finish_reason)
+            reading = read_answer(reply.text, self.spec, finish_reason=reply.finish_reason)
             node.answer, node.status = reading.answer, reading.status
             if obs is not None:
                 obs.on_answer(agent, reading.status)
@@ -170,24 +175,28 @@ class _Debate:
 
     def _grade(self, answers: list[Node]) -> None:
         for n in answers:
-            n.correct = same_answer(n.answer, self.gold, self.answer_type) if n.answered else None
+            n.correct = same_answer(n.answer, self.gold, self.spec) if n.answered else None
         self.store.update_nodes(answers, "correct")
 
     # ---- the protocol ------------------------------------------------------------------------------------
     async def run(self) -> DebateResult:
-        eng, cfg = self.eng, self.cfg
-        first = await self._phase([(a, prompts.answer_prompt(self.question, self.answer_type), "answer", 0, None)
-                                   for a in eng.agents])
+        cfg = self.cfg
+        first = await self._phase([(a, prompts.answer_prompt(self.question, self.spec), "answer", 0, None)
+                                   for a in self.agents])
         if first[0].status == "error":  # without the student's answer there is nothing to distill
             return self._finish("failed", [first], None, error=f"student: {first[0].error}")
-        await self._review([n for n in first if n.role == "teacher" and n.answered])
+        if self.judged:  # free form: every answer judged by the teachers; the best judged one is the reference
+            await self._review([n for n in first if n.answered])
+        else:
+            await self._review([n for n in first if n.role == "teacher" and n.answered])
         if self.gold is None:
-            self.gold = self._consensus(first)
+            self.gold = self._judged_best(first) if self.judged else self._consensus(first)
             if self.gold is None:
                 return self._finish("no_gold", [first], None)
             self.gold_source = "consensus"
             self.store.update_debate(self.did, gold=self.gold, gold_source="consensus")
-        self._grade(first)
+        if not self.judged:
+            self._grade(first)
         await asyncio.gather(self._explain_student_mistake(first),
                              self._review([n for n in first if n.correct and n.accepted is None]))
         rounds, stop = [first], None
@@ -200,8 +209,11 @@ class _Debate:
                 break
             feedback = await self._critique_phase(r, present) if cfg.reflection else {}
             nxt = await self._debate_round(r + 1, rounds[r], feedback)
-            self._grade(nxt)
-            await self._review([n for n in nxt if n.correct])
+            if self.judged:
+                await self._review([n for n in nxt if n.answered])
+            else:
+                self._grade(nxt)
+                await self._review([n for n in nxt if n.correct])
             rounds.append(nxt)
         return self._finish("solved" if stop is not None else "unsolved", rounds, stop)
 
@@ -212,14 +224,17 @@ class _Debate:
         gold, source = self.gold, self.gold_source
         calls: list[Call] = []
         owners: list[Node] = []
+        student = next((a for a in self.nodes if a.kind == "answer" and a.round == 0 and a.role == "student"), None)
         for n in targets:
             if n.kind == "explanation":
-                student = next(a for a in self.nodes if a.kind == "answer" and a.round == 0 and a.role == "student")
-                prompt = prompts.explanation_review_prompt(self.question, student.text or "", n.text or "",
-                                                           gold or "", source)
+                prompt = prompts.explanation_review_prompt(self.question, student.text if student else "",
+                                                           n.text or "", gold or "", source)
+            elif self.judged and self.task is not None:
+                reference = gold if source in prompts.LABEL_SOURCES else None
+                prompt = prompts.judge_prompt(self.question, n.text or "", self.task.rubric, reference)
             else:
                 prompt = prompts.review_prompt(self.question, n.text or "", gold, source)
-            for t in self.eng.teachers:
+            for t in self.teachers:
                 if t.name != n.agent:
                     calls.append((t, prompt, "review", n.round, n.agent))
                     owners.append(n)
@@ -231,19 +246,29 @@ class _Debate:
         for n in targets:
             scores = [rv.score for rv, o in zip(reviews, owners, strict=True) if o is n and rv.score is not None]
             n.review_mean = sum(scores) / len(scores) if scores else None
-            n.accepted = n.review_mean is not None and n.review_mean > self.cfg.review_threshold
+            if self.judged and n.kind == "answer" and self.task is not None:  # the judges' verdict is the grade
+                n.correct = n.review_mean >= self.task.judge_threshold if n.review_mean is not None else None
+                n.accepted = bool(n.correct)
+            else:
+                n.accepted = n.review_mean is not None and n.review_mean > self.cfg.review_threshold
             if self.eng.observer is not None and n.kind == "answer":
                 self.eng.observer.on_review(n.accepted)
-        self.store.update_nodes(targets, "review_mean", "accepted")
+        self.store.update_nodes(targets, "review_mean", "accepted", "correct")
+
+    def _judged_best(self, first: list[Node]) -> str | None:
+        """A judged task's reference answer: the teacher answer the judges scored highest, if it passed."""
+        passed = [n for n in first if n.role == "teacher" and n.correct and n.review_mean is not None]
+        return max(passed, key=lambda n: n.review_mean or 0.0).answer if passed else None
 
     def _consensus(self, first: list[Node]) -> str | None:
-        """The teachers' consensus: `pseudo_gold_min_teachers` accepted rationales with the same answer and no
-        accepted rationale with another."""
-        accepted = [n for n in first if n.role == "teacher" and n.answered and n.accepted]
+        """The teachers' consensus: `pseudo_gold_min_teachers` accepted rationales with the same (valid) answer and
+        no accepted rationale with another."""
+        accepted = [n for n in first if n.role == "teacher" and n.answered and n.accepted
+                    and is_valid(n.answer, self.spec)]
         groups: list[list[Node]] = []
         for n in accepted:
             for g in groups:
-                if same_answer(n.answer, g[0].answer, self.answer_type):
+                if same_answer(n.answer, g[0].answer, self.spec):
                     g.append(n)
                     break
             else:
@@ -259,13 +284,13 @@ class _Debate:
         if student.correct is not False:
             return
         prompt = prompts.explanation_prompt(self.question, student.text or "", self.gold or "", self.gold_source)
-        made = await self._phase([(t, prompt, "explanation", 0, student.agent) for t in self.eng.teachers])
+        made = await self._phase([(t, prompt, "explanation", 0, student.agent) for t in self.teachers])
         self.store.add_edges(self.did, [Edge(m.id, student.id, "explains") for m in made])  # type: ignore[arg-type]
         await self._review([m for m in made if m.status == "ok"])
 
     async def _critique_phase(self, r: int, present: list[Node]) -> dict[str, list[Node]]:
         """Correct agents critique wrong ones; wrong ones reflect given the gold. Returns nodes by agent."""
-        by_name = {a.name: a for a in self.eng.agents}
+        by_name = {a.name: a for a in self.agents}
         right = [n for n in present if n.correct]
         wrong = [n for n in present if n.correct is False]
         gold, source = self.gold or "", self.gold_source
@@ -308,7 +333,7 @@ class _Debate:
             order = list(blocks)
             random.Random(f"{self.did}-{r}-{agent.name}").shuffle(order)
             rendered = [blocks[name].replace('index="0"', f'index="{i}"', 1) for i, name in enumerate(order, 1)]
-            prompt = prompts.debate_prompt(self.question, self.answer_type, rendered)
+            prompt = prompts.debate_prompt(self.question, self.spec, rendered)
             if limit is None or budget <= 16 or self.eng.budget.count(prompt) <= limit:
                 return prompt
             budget = max(16, budget // 2)
@@ -316,7 +341,7 @@ class _Debate:
     async def _debate_round(self, r: int, last: list[Node], feedback: dict[str, list[Node]]) -> list[Node]:
         shown = [n for n in last if n.status != "error"]
         nodes = await self._phase([(agent, self._prompt_for(agent, r, shown, feedback), "answer", r, None)
-                                   for agent in self.eng.agents])
+                                   for agent in self.agents])
         seen = [*shown, *(m for ms in feedback.values() for m in ms)]
         self.store.add_edges(self.did, [Edge(s.id, n.id, "saw") for n in nodes for s in seen])  # type: ignore[arg-type]
         return nodes
@@ -342,6 +367,6 @@ class _Debate:
             teacher_tokens=teacher_tokens, student_tokens=student_tokens,
             cost_usd=round(sum(n.cost_usd for n in self.nodes), 6),
             accepted_rationales=sum(bool(n.accepted) for n in reviewed), reviewed_rationales=len(reviewed),
-            finished_at=utcnow(), note=error,
+            finished_at=utcnow(), **({"note": error} if error is not None else {}),  # keep the start note
         )
         return result

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.tasks.answers import AnswerType
+from services.tasks.answers import AnswerSpec, AnswerType, spec_of
 
 PROMPT_VERSION = "dr-fair-v2"
 
@@ -25,7 +25,9 @@ LABEL_SOURCES = frozenset({"feedback", "dataset"})  # gold that a person or a da
 FORMAT_LINE: dict[AnswerType, str] = {
     "number": "The final answer must be a single number.",
     "choice": "The final answer must be the letter of one option.",
+    "label": "The final answer must be exactly one of these labels, written as listed: {labels}.",
     "text": "The final answer must be a short phrase.",
+    "json": "The final answer must be one JSON object on a single line, in the format the request asks for.",
 }
 
 ANSWER = """Can you answer the following question as accurately as possible? {format_line} \
@@ -131,6 +133,18 @@ Judge whether the explanation finds the student's actual mistake and leads to th
 briefly, then give a score from 1 (wrong or unhelpful) to 5 (correct and clear) in square brackets on the last \
 line, like [4]."""
 
+JUDGE = """You are judging an answer to the request below against this rubric: {rubric}
+
+<question>
+{question}
+</question>
+{hint}
+<answer>
+{answer}
+</answer>
+
+Explain briefly, then give a score from 1 to 5 in square brackets on the last line, like [4]."""
+
 HINT = "\n<hint>{gold_line}</hint>\n"
 
 
@@ -141,8 +155,20 @@ def gold_line(gold: str, source: str) -> str:
     return f"The teachers' consensus final answer is {gold}."
 
 
-def answer_prompt(question: str, answer_type: AnswerType) -> str:
-    return ANSWER.format(question=question, format_line=FORMAT_LINE[answer_type])
+def format_line(spec: AnswerType | AnswerSpec) -> str:
+    """The answer-format sentence of answer and debate prompts (a label task's lists its label set)."""
+    spec = spec_of(spec)
+    return FORMAT_LINE[spec.type].format(labels=", ".join(spec.labels))
+
+
+def answer_prompt(question: str, spec: AnswerType | AnswerSpec) -> str:
+    return ANSWER.format(question=question, format_line=format_line(spec))
+
+
+def judge_prompt(question: str, answer: str, rubric: str, reference: str | None) -> str:
+    """A `text` task's answer judged against the task's rubric (and a client's reference answer, when given)."""
+    hint = HINT.format(gold_line=f"A reference answer: {reference}") if reference is not None else ""
+    return JUDGE.format(question=question, answer=answer.strip(), rubric=rubric, hint=hint)
 
 
 @dataclass
@@ -164,8 +190,8 @@ def render_block(index: int, b: Block) -> str:
                         feedback=feedback)
 
 
-def debate_prompt(question: str, answer_type: AnswerType, blocks: list[str]) -> str:
-    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=FORMAT_LINE[answer_type])
+def debate_prompt(question: str, spec: AnswerType | AnswerSpec, blocks: list[str]) -> str:
+    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=format_line(spec))
 
 
 _BLOCK_RE = re.compile(r'<agent_answer index="\d+">.*?</agent_answer>', re.S)

@@ -14,19 +14,23 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
-from services.config import DebateConfig
+from services.config import DebateConfig, TaskProfile
 from services.debate.engine import DebateEngine, DebateInput
 from services.store.controls import Controls
 from services.store.mags import CaptureItem, MagStore
+from services.tasks.answers import canonical_answer, is_valid
 
 log = logging.getLogger(__name__)
 
 
 class DebateWorker:
     def __init__(self, engine: DebateEngine, store: MagStore, cfg: DebateConfig, owner: str | None = None,
-                 controls: Controls | None = None) -> None:
+                 controls: Controls | None = None, task_of: Callable[[str], TaskProfile] | None = None) -> None:
+        """`task_of`: a task's profile by name (`Settings.task`); None debates every item without a profile."""
         self.engine, self.store, self.cfg, self.controls = engine, store, cfg, controls
+        self.task_of = task_of
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running: dict[int, asyncio.Task[None]] = {}
         self.finished = 0
@@ -55,13 +59,33 @@ class DebateWorker:
         for task in self.running.values():
             task.cancel()
 
+    async def _checked_label(self, item: CaptureItem, task: TaskProfile | None) -> None:
+        """The item's label in its task's canonical form; one the task does not allow is dropped (recorded)."""
+        if task is None or item.label is None:
+            return
+        label: str | None = canonical_answer(item.label, task.spec)
+        error = None
+        if not is_valid(label, task.spec):
+            label, error = None, f"label {item.label[:80]!r} is not a valid answer for task {task.name}: dropped"
+            log.warning("capture item %d: %s", item.id, error)
+        if label != item.label:
+            await asyncio.to_thread(self.store.set_label, item.id, label, error)
+            item.label, item.label_source = label, item.label_source if label is not None else None
+
     async def _debate(self, item: CaptureItem) -> None:
-        try:
-            result = await self.engine.run(DebateInput(item.question, item.label, item.label_source, item.id))
-            ok, error = result.outcome != "failed", result.error
-        except Exception as e:
-            log.exception("debate of capture item %d failed", item.id)
-            ok, error = False, f"{type(e).__name__}: {e}"[:500]
+        ok, error = True, None
+        task = self.task_of(item.task) if self.task_of is not None else None
+        await self._checked_label(item, task)
+        # A held-out request a client labelled has its gold already: a debate would only cost teacher calls for
+        # data that is never trained on.
+        if not (item.held_out and item.label_source == "feedback"):
+            try:
+                result = await self.engine.run(DebateInput(item.question, item.label, item.label_source, item.id,
+                                                           task=task, held_out=item.held_out))
+                ok, error = result.outcome != "failed", result.error
+            except Exception as e:
+                log.exception("debate of capture item %d failed", item.id)
+                ok, error = False, f"{type(e).__name__}: {e}"[:500]
         try:
             await asyncio.to_thread(self.store.finish_item, item.id, ok=ok, error=error,
                                     max_attempts=self.cfg.max_attempts)

@@ -253,6 +253,17 @@ def is_valid(answer: str | None, spec: AnswerType | AnswerSpec) -> bool:
     return True
 
 
+def canonical_answer(answer: str, spec: AnswerType | AnswerSpec) -> str:
+    """A given answer (a client's label) in the form debates and evaluations compare: a label's spelling from the
+    set (`Card Arrival` -> `card_arrival`), canonical JSON; any other answer, or one that cannot be read, as given."""
+    spec = spec_of(spec)
+    if spec.type in {"label", "json"}:
+        reading = read_answer(answer, spec)
+        if reading.status == "ok" and is_valid(reading.answer, spec):
+            return reading.answer  # type: ignore[return-value]
+    return answer
+
+
 def json_field_accuracy(answer: str | None, gold: str | None) -> float:
     """The share of the gold object's top-level fields the answer gets right (`same_answer`'s rule per value), for
     reports; fields the answer adds do not count. 0.0 when either is not a JSON object; an empty gold object is
