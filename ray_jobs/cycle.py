@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_jobs.evaluate.evaluator import EvalResult, evaluate, load_eval_set
+from ray_jobs.evaluate.evaluator import EvalResult, combine, evaluate, load_slices
 from ray_jobs.evaluate.gate import Decision, decide
 from ray_jobs.trees.build import TrainingData, build
 from ray_jobs.trees.encode import Encoder
@@ -69,8 +69,10 @@ def connect_ray(settings: Settings) -> None:
 
 
 def training_mags(store: MagStore, max_mags: int) -> list[Mag]:
-    """The newest `max_mags` usable MAGs (finished, with a gold and a correct answer), oldest first."""
-    mags = store.list(limit=max_mags, usable=True, status="done", with_graph=True, newest_first=True)
+    """The newest `max_mags` usable MAGs (finished, with a gold and a correct answer), oldest first; never one of a
+    task's held-out requests (the gate's slice)."""
+    mags = store.list(limit=max_mags, usable=True, status="done", with_graph=True, newest_first=True,
+                      held_out=False)
     return sorted(mags, key=lambda m: m.id)
 
 
@@ -78,7 +80,9 @@ def datasets(settings: Settings, mags: list[Mag], encoder: Encoder, **build_kwar
              ) -> tuple[TrainingData, list[Any], list[Any]]:
     t = settings.training
     data = build(mags, seed=t.seed, max_pairs_per_node=t.tdpo.max_pairs_per_node, gold_weights=t.gold_weights,
-                 explanation_share=t.sft.explanation_share, **build_kwargs)
+                 explanation_share=t.sft.explanation_share,
+                 without_rationales=frozenset(task.name for task in settings.tasks if not task.train_reasoning),
+                 **build_kwargs)
     sft = encoder.sft(data.sft, data.counts)
     trees = encoder.trees(data.trees, t.tdpo.level_weight, data.counts)
     data.counts["sft_examples"], data.counts["tree_nodes"] = len(sft), len(trees)
@@ -142,20 +146,27 @@ class Cycle:
         self.registry.update(candidate.name, metrics={"eval": cand.as_dict()})
         if incumbent is not None:
             self.registry.update(incumbent.name, metrics={"eval": inc.as_dict()})
-        decision = decide(cand, inc, t.gate)
+        decision = decide(cand, inc, t.gate, {task.name: task.eval.tolerance for task in self.settings.tasks})
         self.jobs.set(self.job_id, incumbent=incumbent_name,
                       metrics={"train": out.metrics, "eval": {k: v.as_dict() for k, v in evals.items()}})
         return self._gate(candidate.name, decision, {k: v.as_dict() for k, v in evals.items()})
 
     async def _evaluate(self, models: list[str]) -> dict[str, EvalResult]:
         cfg = self.settings.training.eval
-        set_id, items = load_eval_set(cfg)
+        slices = load_slices(self.settings, self.mags)
+        if not slices:
+            raise RuntimeError("nothing to evaluate on: no task has held-out traffic with a gold or a golden set "
+                               "(set tasks[].eval.golden or capture labelled traffic)")
         out = {}
         for model in models:  # one at a time: both share the engine, so timings stay comparable
-            out[model] = await evaluate(self.client, model, items, cfg, set_id)
-            r = out[model]
-            self.progress(f"[job {self.job_id}] eval {model}: accuracy {r.accuracy:.3f} ({r.correct}/{r.n}), "
-                          f"tokens/query {r.mean_total_tokens:.1f} (completion {r.mean_completion_tokens:.1f})")
+            per_task = {}
+            for sl in slices:
+                r = per_task[sl.task.name] = await evaluate(self.client, model, sl.items, cfg, sl.eval_set,
+                                                            sl.task.spec)
+                self.progress(f"[job {self.job_id}] eval {model} on {sl.task.name}: accuracy {r.accuracy:.3f} "
+                              f"({r.correct}/{r.n}), tokens/query {r.mean_total_tokens:.1f} "
+                              f"(completion {r.mean_completion_tokens:.1f})")
+            out[model] = combine(model, per_task, {sl.task.name: sl.weight for sl in slices})
         return out
 
     def _gate(self, candidate: str, decision: Decision, evals: dict[str, Any]) -> CycleResult:

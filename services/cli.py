@@ -19,6 +19,7 @@
     distillery train --api                ask the running service to start a cycle (POST /admin/train)
     distillery jobs [ID] [--json]         training cycles: outcome, phase, data, evaluation
     distillery experiment [--quick]       the papers' ablation on the task suite (results.json, table, chart)
+    distillery experiment --task banking77   the loop on BANKING77 traffic through the gateway (base vs promoted)
 
 `mags` reads the store directly (no service needed). Adapter commands talk to the running service over
 HTTP (`--url`, default from the config) with the admin key
@@ -277,6 +278,16 @@ def _job_line(j: dict[str, Any]) -> list[str]:
             str(j["data"].get("mags", "-")), str(j["data"].get("tree_pairs", "-")), j["candidate"] or "-", acc]
 
 
+def _print_task_evals(j: dict[str, Any]) -> None:
+    """The newest job's evaluation per task: what the gate compared and protected."""
+    rows = [[model, task, f"{r['accuracy']:.3f}", f"{r['correct']}/{r['n']}", f"{r['mean_total_tokens']:.1f}",
+             f"{r.get('weight', 0):.2f}"]
+            for model, ev in j["metrics"].get("eval", {}).items() for task, r in ev.get("tasks", {}).items()]
+    if rows:
+        print(f"\njob {j['id']} per task:")
+        print(_table(rows, ["MODEL", "TASK", "ACCURACY", "CORRECT", "TOKENS/QUERY", "WEIGHT"]))
+
+
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
     from services.store.db import Database
     from services.store.jobs import JobStore
@@ -298,13 +309,31 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
                                                  "PAIRS", "CANDIDATE", "EVAL ACCURACY"])
           if jobs else "no training jobs yet")
     for j in jobs[:1]:
+        _print_task_evals(j)
         if j["reason"] or j["error"]:
             print(f"\nlatest ({j['id']}): {j['error'] or j['reason']}")
 
 
 def cmd_experiment(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.experiment.report import table
+    from ray_jobs.experiment.report import cycles_table, table
     from ray_jobs.experiment.run import FULL, QUICK, Experiment
+
+    if args.task is not None:
+        from ray_jobs.experiment.traffic import DEFAULT_DATA, TrafficDemo, TrafficPlan
+
+        tplan = TrafficPlan(task=args.task)
+        for key in ("cycles", "requests_per_cycle"):
+            if getattr(args, key):
+                setattr(tplan, key, getattr(args, key))
+        data = Path(args.data) if args.data else DEFAULT_DATA / args.task
+        if not (data / "train.jsonl").is_file():
+            sys.exit(f"error: no {data / 'train.jsonl'}: give the dataset folder with --data")
+        results = TrafficDemo(settings, Path(args.out), tplan, data, progress=lambda m: print(m, flush=True)).run()
+        print()
+        print(table(results))
+        print()
+        print(cycles_table(results))
+        return
 
     plan = QUICK if args.quick else FULL
     if args.train_questions:
@@ -415,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="experiment", help="output folder (results.json, results.md, results.png)")
     s.add_argument("--train-questions", type=int, help="debated train questions (default: by plan)")
     s.add_argument("--eval-questions", type=int, help="held-out questions (default: by plan)")
+    s.add_argument("--task", help="instead: the loop on a dataset's traffic sent through the gateway as its app "
+                   "would (e.g. banking77: ../shared/data/banking77)")
+    s.add_argument("--data", help="--task: the dataset folder (train.jsonl, labels.json, system_prompt.txt)")
+    s.add_argument("--cycles", type=int, help="--task: training cycles, each after a batch of traffic")
+    s.add_argument("--requests-per-cycle", type=int, help="--task: messages sent before each cycle")
     s.set_defaults(func=cmd_experiment)
     return p
 

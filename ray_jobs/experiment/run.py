@@ -79,7 +79,9 @@ def experiment_settings(base: Settings, out_dir: Path, plan: Plan) -> Settings:
     t = d["training"]
     t.update(enabled=False, seed=plan.seed, max_prompt_tokens=plan.max_prompt_tokens)
     t["watch"]["enabled"] = False
-    t["eval"].update(n=plan.eval_questions, dataset="builtin:arithmetic", max_tokens=plan.eval_max_tokens)
+    t["eval"].update(max_tokens=plan.eval_max_tokens)
+    d["tasks"] = [{"name": "default", "answer_type": "number", "eval": {
+        "holdout": 0.0, "golden": "builtin:arithmetic", "golden_n": plan.eval_questions}}]
     t["sft"].update(max_steps=plan.sft_max_steps, epochs=plan.sft_epochs)
     t["tdpo"].update(max_steps=plan.tdpo_max_steps, trees_per_step=plan.tdpo_trees_per_step)
     # The experiment owns the machine while it trains (serving is idle then): every core trains.
@@ -184,7 +186,7 @@ class Experiment:
 
     # ---- 3. evaluation ---------------------------------------------------------------------------------------
     def _evaluate(self, url: str, adapters: dict[str, Path]) -> None:
-        from ray_jobs.evaluate.evaluator import evaluate, load_eval_set
+        from ray_jobs.evaluate.evaluator import evaluate, golden_items
         from services.gateway.client import ServiceClient
         from services.registry import AdapterRegistry
         from services.student.model_prep import base_model_id, resolve_base_model
@@ -197,7 +199,8 @@ class Experiment:
             if name in adapters:
                 models[name] = registry.publish(adapters[name], label=f"exp-{name}-{int(time.time())}").name
         cfg = self.settings.training.eval
-        set_id, items = load_eval_set(cfg)
+        items = golden_items(self.settings.task("default"))
+        set_id = f"builtin:arithmetic:{len(items)}"
         client = ServiceClient(self.settings, url)
         for name, model in models.items():
             self.say(f"evaluating {name} ({model}) on {len(items)} held-out questions")

@@ -39,8 +39,9 @@ class Encoder:
         self.eos = tokenizer.tok.eos_token_id
         self.pad_id = tokenizer.tok.pad_token_id if tokenizer.tok.pad_token_id is not None else self.eos
 
-    def prompt(self, user_message: str) -> list[int]:
-        return self.tok.chat([{"role": "user", "content": user_message}])
+    def prompt(self, user_message: str, messages: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt as serving renders it: the client's messages when known, else one user message."""
+        return self.tok.chat(messages or [{"role": "user", "content": user_message}])
 
     def completion(self, text: str) -> tuple[list[int], bool]:
         """(ids, cut): ids end with end-of-turn unless cut to the length limit."""
@@ -50,7 +51,7 @@ class Encoder:
     def sft(self, items: list[SftItem], counts: Counter[str]) -> list[SftExample]:
         out = []
         for it in items:
-            p = self.prompt(it.prompt)
+            p = self.prompt(it.prompt, it.messages)
             c, cut = self.completion(it.completion)
             if len(p) > self.max_prompt or cut:
                 counts["sft_dropped_too_long"] += 1
@@ -60,7 +61,7 @@ class Encoder:
 
     def _prompts(self, node: TreeNode, counts: Counter[str]) -> list[list[int]]:
         """The node's prompt as token ids, split into several within budget when it is a long debate prompt."""
-        p = self.prompt(node.prompt)
+        p = self.prompt(node.prompt, node.messages)
         if len(p) <= self.max_prompt:
             return [p]
         if node.round == 0:

@@ -40,7 +40,8 @@ class SchedulerDeployment:
         client = ServiceClient(settings, url)
         labelled = MagStore(db) if settings.capture.enabled else None
         self.watch = RolloutWatch(settings.training.watch, registry, labelled, client.metrics_text, client.rollback)
-        self.metrics = TrainingMetrics(self.jobs, registry, labelled, controls)
+        self.metrics = TrainingMetrics(self.jobs, registry, labelled, controls,
+                                       tasks={t.name for t in settings.tasks})
         self.settings = settings
         # Jobs of an earlier service process cannot report to this one: close them now.
         for job_id in self.jobs.reap(STALE_S):

@@ -18,8 +18,10 @@ OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
 
 class TrainingMetrics:
     def __init__(self, jobs: JobStore, registry: AdapterRegistry, mags: MagStore | None = None,
-                 controls: Controls | None = None) -> None:
+                 controls: Controls | None = None, tasks: set[str] | None = None) -> None:
+        """`tasks`: the configured task names, the only values the `task` label takes (bounded series)."""
         self.jobs, self.adapters, self.mags, self.controls = jobs, registry, mags, controls
+        self.tasks = tasks or set()
         r = self.registry = CollectorRegistry()
         self.runs = Gauge("distillery_training_runs", "Training cycles ever finished, by outcome.", ["outcome"],
                           registry=r)
@@ -34,6 +36,11 @@ class TrainingMetrics:
                               registry=r)
         self.tokens = Gauge("distillery_eval_tokens_per_query", "Mean tokens per evaluation query by adapter "
                             "version.", ["version", "type"], registry=r)
+        self.task_accuracy = Gauge("distillery_eval_task_accuracy", "Accuracy on a task's evaluation slice (its "
+                                   "held-out traffic and golden set) by adapter version.", ["version", "task"],
+                                   registry=r)
+        self.task_tokens = Gauge("distillery_eval_task_tokens_per_query", "Mean total tokens per query on a task's "
+                                 "evaluation slice by adapter version.", ["version", "task"], registry=r)
         self.events = Gauge("distillery_adapter_promotions", "Promotion log entries: promotions, rollbacks and "
                             "automatic rollbacks.", ["kind"], registry=r)
         self.live_accuracy = Gauge("distillery_live_accuracy", "Accuracy on client-labelled requests (POST "
@@ -69,6 +76,10 @@ class TrainingMetrics:
                 self.accuracy.labels(v.name).set(ev["accuracy"])
                 self.tokens.labels(v.name, "total").set(ev["mean_total_tokens"])
                 self.tokens.labels(v.name, "completion").set(ev["mean_completion_tokens"])
+                for task, te in ev.get("tasks", {}).items():
+                    if task in self.tasks:
+                        self.task_accuracy.labels(v.name, task).set(te["accuracy"])
+                        self.task_tokens.labels(v.name, task).set(te["mean_total_tokens"])
         history = self.adapters.history()
         self.events.labels("promote").set(sum(h["kind"] == "promote" for h in history))
         self.events.labels("rollback").set(sum(h["kind"] == "rollback" for h in history))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,12 +44,17 @@ TRAIN_ENV = {
     "DISTILLERY_TRAINING__SFT__EPOCHS": "3",
     "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",
     "DISTILLERY_TRAINING__TDPO__MAX_STEPS": "2",
-    "DISTILLERY_TRAINING__EVAL__N": "40",
     "DISTILLERY_TRAINING__EVAL__MAX_TOKENS": "96",
     "DISTILLERY_TRAINING__GATE__MIN_ACCURACY_GAIN": "0.05",
     "DISTILLERY_TRAINING__GATE__MAX_TOKENS_INCREASE": "0.5",
 }
 JOB_TIMEOUT_S = 900
+
+
+def eval_task(eval_set: Path) -> dict[str, str]:
+    """The one task, measured on the 40-question golden file (one task: no other task's tolerance to protect)."""
+    return {"DISTILLERY_TASKS": json.dumps([{"name": "default", "answer_type": "number", "eval": {
+        "holdout": 0, "golden": str(eval_set), "golden_n": 40, "tolerance": 1.0}}])}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     eval_set = data_dir / "eval.jsonl"
     eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
                                 for p in one_step("eval", 40)))
-    svc = start_service(model_dir, data_dir, {**TRAIN_ENV, "DISTILLERY_TRAINING__EVAL__DATASET": str(eval_set)})
+    svc = start_service(model_dir, data_dir, {**TRAIN_ENV, **eval_task(eval_set)})
     svc.seeded = seeded  # type: ignore[attr-defined]
     try:
         yield svc
@@ -129,7 +135,7 @@ def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, mode
     port = service.url.rsplit(":", 1)[1]
     env = {**os.environ, "DISTILLERY_DATA_DIR": str(service.data_dir), "DISTILLERY_STUDENT__MODEL": model_dir,
            "DISTILLERY_SERVER__PORT": port, **TRAIN_ENV,
-           "DISTILLERY_TRAINING__EVAL__DATASET": str(service.data_dir / "eval.jsonl"),
+           **eval_task(service.data_dir / "eval.jsonl"),
            "DISTILLERY_TRAINING__MAX_MAGS": str(len(poisoned))}  # the newest MAGs: the poisoned ones
     out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once"], env=env, capture_output=True,
                          text=True, timeout=JOB_TIMEOUT_S)

@@ -154,3 +154,109 @@ def test_long_debate_prompts_are_split_not_dropped(mags: list, model_dir: str) -
     assert len(debate_parts) > sum(counts[f"round_{r}_nodes_kept"] for r in (1, 2))  # more parts than nodes
     assert all(any(f"<question>\n{q}\n</question>" in text for q in questions) for text in debate_parts)
     assert sum(t.weight for t in trees) == pytest.approx(len(data.trees) - counts["round_0_nodes_cut"])
+
+
+INTENT_SYSTEM = "You are a banking assistant. Reply with the intent label only, nothing else."
+
+
+def task_mag(store: MagStore, rid: str, kind: str, gold: str, messages: list[dict] | None,
+             answers: list[tuple[str, str, str, bool, bool | None]]):
+    """A finished debate of a captured request (its messages as the client sent them, when given); `answers`:
+    round-0 (agent, role, answer, correct, accepted)."""
+    from services.capture.sink import question_of
+    from services.store.debates import utcnow
+    from services.store.mags import Node
+
+    capture_id = None
+    question = question_of(messages) if messages else "What is 2 + 3?"
+    if messages is not None:
+        store.enqueue([{"request_id": rid, "question": question, "messages": messages, "task": "t"}])
+        [item] = [i for i in store.claim("w", 10, 60) if i.request_id == rid]
+        capture_id = item.id
+    did = store.start_debate(capture_id=capture_id, source="traffic", question=question, answer_kind=kind,
+                             gold=gold, gold_source="feedback", prompt_version="test", agents=[], status="running",
+                             task="t", held_out=False)
+    store.add_nodes(did, [Node(0, agent, role, "answer", f"### Answer\nThinking about {answer}.\n"
+                               f"Final answer: {answer}", "ok", answer=answer, correct=correct, accepted=accepted)
+                          for agent, role, answer, correct, accepted in answers])
+    store.update_debate(did, status="done", outcome="unsolved", rounds=1, usable=True, finished_at=utcnow())
+    mag = store.get(did)
+    assert mag is not None and mag.messages == messages
+    return mag
+
+
+INTENT_MESSAGES = [{"role": "system", "content": INTENT_SYSTEM},
+                   {"role": "user", "content": "I ordered a card two weeks ago and it still has not come."}]
+
+
+def intent_mag(store: MagStore, rid: str = "r-intent", accepted: bool = True):
+    return task_mag(store, rid, "label", "card_arrival", INTENT_MESSAGES, [
+        ("teacher-a", "teacher", "card_arrival", True, accepted),
+        ("student", "student", "card_delivery_estimate", False, None),
+    ])
+
+
+def test_a_label_task_trains_the_apps_format_on_the_clients_messages(store: MagStore) -> None:
+    mag = intent_mag(store)
+    data = build([mag], seed=0)
+    [app] = [i for i in data.sft if i.kind == "app"]
+    assert (app.prompt, app.completion, app.messages) == (mag.question, "card_arrival", INTENT_MESSAGES)
+    [node] = data.trees
+    assert node.round == 0 and node.chosen == ["card_arrival"] and node.rejected == ["card_delivery_estimate"]
+    assert node.pairs == [(0, 0)] and node.messages == INTENT_MESSAGES and node.prompt == mag.question
+    [rationale] = [i for i in data.sft if i.kind == "rationale"]
+    assert rationale.messages is None and rationale.prompt == mag.question  # reasoning: in the debate's format
+    assert rationale.completion.startswith("### Answer\n")
+    assert rationale.completion.endswith("Final answer: card_arrival")
+    assert data.counts["sft_app"] == 1 and data.counts["sft_rationale"] == 1
+
+
+def test_a_label_task_without_an_accepted_correct_answer_has_no_app_pairs(store: MagStore) -> None:
+    data = build([intent_mag(store, accepted=False)], seed=0)
+    assert data.trees == [] and data.counts["round_0_nodes_without_pairs"] == 1
+    assert [i.kind for i in data.sft] == ["app"]  # the gold itself still trains the app's format
+
+
+def test_a_label_debate_without_the_clients_messages_trains_as_before(store: MagStore) -> None:
+    mag = task_mag(store, "batch", "label", "card_arrival", None, [
+        ("teacher-a", "teacher", "card_arrival", True, True),
+        ("student", "student", "card_delivery_estimate", False, None)])
+    data = build([mag], seed=0)
+    assert {i.kind for i in data.sft} == {"rationale"}
+    [node] = data.trees
+    assert node.messages is None and node.chosen[0].startswith("### Answer\n")
+    assert node.rejected[0].endswith("Final answer: card_delivery_estimate")
+
+
+def test_a_number_task_with_messages_asks_rationales_as_the_client_did(store: MagStore) -> None:
+    messages = [{"role": "system", "content": "Solve it, then write `Final answer: X`."},
+                {"role": "user", "content": "What is 2 + 3?"}]
+    mag = task_mag(store, "r-math", "number", "5", messages, [
+        ("teacher-a", "teacher", "5", True, True), ("student", "student", "6", False, None)])
+    data = build([mag], seed=0)
+    assert not [i for i in data.sft if i.kind == "app"]
+    [rationale] = data.sft
+    assert rationale.messages == messages and rationale.completion.endswith("Final answer: 5")
+    [node] = data.trees
+    assert node.messages == messages and node.chosen[0].startswith("### Answer\n")
+    assert node.rejected[0].endswith("Final answer: 6")
+
+
+def test_encoding_renders_the_clients_system_prompt(store: MagStore, model_dir: str) -> None:
+    tok = PromptTokenizer(model_dir)
+    enc = Encoder(tok, max_prompt_tokens=1024, max_completion_tokens=64)
+    data = build([intent_mag(store)], seed=0)
+    counts: Counter[str] = Counter()
+    by_kind = {i.kind: ex for i, ex in zip(data.sft, enc.sft(data.sft, counts), strict=True)}
+    assert by_kind["app"].prompt_ids == tok.chat(INTENT_MESSAGES)
+    assert INTENT_SYSTEM in tok.tok.decode(by_kind["app"].prompt_ids)
+    assert by_kind["app"].completion_ids == [*tok.tok("card_arrival", add_special_tokens=False).input_ids,
+                                             tok.tok.eos_token_id]
+    rationale_prompt = tok.tok.decode(by_kind["rationale"].prompt_ids)
+    question = next(i.prompt for i in data.sft if i.kind == "rationale")
+    assert by_kind["rationale"].prompt_ids == tok.chat([{"role": "user", "content": question}])
+    assert INTENT_SYSTEM in rationale_prompt  # inside the debated question, as one user message
+    [tree] = enc.trees(data.trees, 1.0, counts)
+    assert tree.prompt_ids == tok.chat(INTENT_MESSAGES)
+    assert tok.tok.decode(tree.children[0]).startswith("card_arrival")
+    assert tok.tok.decode(tree.children[1]).startswith("card_delivery_estimate")
