@@ -8,9 +8,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.config import ReferenceProfile, Settings, TeacherConfig
+from services.config import ReferenceProfile, Settings, TaskProfile, TeacherConfig
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+LIST_DEFAULTS = {"teachers": "three built-in reference teachers (see below)",
+                 "tasks": "the embedded demo's arithmetic `default` task (see below)"}
 
 
 def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -27,12 +29,17 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if field.is_required():
             default = "required"
         if isinstance(default, list) and default and isinstance(default[0], BaseModel):
-            default = "three built-in reference teachers (see below)"
+            default = LIST_DEFAULTS[name]
         if isinstance(default, BaseModel):
             default = default.model_dump()
         env = "DISTILLERY_" + (prefix + name).upper().replace(".", "__")
         out.append(f"| `{prefix}{name}` | `{env}` | `{default}` | {field.description or ''} |")
     return out
+
+
+def field_rows(model: type[BaseModel]) -> list[str]:
+    """A list entry's fields: the table without the environment-variable column."""
+    return [" | ".join(r.split(" | ", 3)[i] for i in (0, 2, 3)) for r in rows(model)]
 
 
 def render() -> str:
@@ -54,8 +61,7 @@ def render() -> str:
         "",
         "| field | default | meaning |",
         "| --- | --- | --- |",
-        *[r.replace("| `DISTILLERY_", "| ~~").split(" | ~~")[0] + " | " + r.split(" | ", 3)[2] + " | "
-          + r.split(" | ", 3)[3] for r in rows(TeacherConfig, "")],
+        *field_rows(TeacherConfig),
         "",
         "The default teachers: " + ", ".join(
             f"`{t.name}` (error rate {t.reference.error_rate}, styles {', '.join(t.reference.error_styles)})"
@@ -65,8 +71,21 @@ def render() -> str:
         "",
         "| field | default | meaning |",
         "| --- | --- | --- |",
-        *[r.split(" | ", 1)[0] + " | " + r.split(" | ", 3)[2] + " | " + r.split(" | ", 3)[3]
-          for r in rows(ReferenceProfile, "")],
+        *field_rows(ReferenceProfile),
+        "",
+        "## Tasks (`tasks`, a list)",
+        "",
+        "Each entry is a task profile (docs/tasks.md). In YAML: `tasks: [{name: banking-intent, answer_type: label,",
+        "labels_file: labels.json, match: {system_prompt_prefix: 'You are the intent router'}}, ...]`; as an",
+        "environment variable, a JSON list. A `default` task always exists (a `text` task when not listed).",
+        "",
+        "| field | default | meaning |",
+        "| --- | --- | --- |",
+        *field_rows(TaskProfile),
+        "",
+        "The default tasks: " + ", ".join(
+            f"`{t.name}` ({t.answer_type}, golden set {t.eval.golden}, holdout {t.eval.holdout})"
+            for t in Settings.model_fields["tasks"].default_factory()) + ".",
         "",
     ])
 

@@ -109,3 +109,31 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def cycles_table(results: dict[str, Any]) -> str:
+    """A traffic run's training cycles: what each sent, trained on, measured and decided."""
+    lines = ["| Cycle | Requests (labelled) | Job | MAGs | SFT examples | Pairs | Outcome | Reason |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, c in enumerate(results["cycles"], 1):
+        job, data = c["job"], c["job"].get("data") or {}
+        reason = (job.get("reason") or job.get("error") or "").replace("|", "/")[:300]
+        lines.append(f"| {i} | {c['sent']['requests']} ({c['sent']['labelled']}) | {job['id']} | "
+                     f"{data.get('mags', '-')} | {data.get('sft_examples', '-')} | {data.get('tree_pairs', '-')} | "
+                     f"{job.get('outcome')} | {reason} |")
+    return "\n".join(lines)
+
+
+def write_traffic_report(results: dict[str, Any], out_dir: Path) -> None:
+    """`distillery experiment --task`: base vs promoted on the task's held-out traffic, and the cycles."""
+    for r in results["variants"].values():
+        r["ci95"] = list(wilson_interval(r["correct"], r["n"]))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plan = results["plan"]
+    md = [f"# Distillery on {plan['task']} traffic ({results.get('captured', 0)} captured requests, "
+          f"{len(results['cycles'])} cycles, {results.get('seconds', 0) / 60:.0f} min)", "",
+          "Base model vs the promoted student on the task's held-out traffic slice (never trained on), through "
+          "the gateway in the app's format, exact label.", "", table(results), "",
+          "## Training cycles", "", cycles_table(results), ""]
+    (out_dir / "results.md").write_text("\n".join(md))
+    chart(results, out_dir / "results.png")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ray_jobs.experiment.report import n_to_separate, table, wilson_interval, write_report
+from ray_jobs.experiment.report import n_to_separate, table, wilson_interval, write_report, write_traffic_report
 
 
 def variant(label: str, acc: float, tokens: float) -> dict:
@@ -44,3 +44,24 @@ def test_confidence_intervals_and_the_eval_size_they_imply() -> None:
     assert 3800 < n < 4000
     lo, hi = wilson_interval(round(0.35 * n), n)
     assert hi - lo == pytest.approx(0.03, abs=0.001)
+
+
+def test_traffic_report_has_base_vs_promoted_and_every_cycle(tmp_path) -> None:
+    results = {"plan": {"task": "banking77"}, "seconds": 3600, "captured": 320,
+               "variants": {"none": variant("Base model", 0.0, 700.0), "promoted": variant("Promoted student", 0.5,
+                                                                                             660.0)},
+               "cycles": [{"sent": {"requests": 160, "labelled": 81},
+                           "job": {"id": 1, "outcome": "promoted", "reason": "accuracy gain +0.400 | more",
+                                   "data": {"mags": 110, "sft_examples": 220, "tree_pairs": 300}}},
+                          {"sent": {"requests": 160, "labelled": 77},
+                           "job": {"id": 2, "outcome": "failed", "reason": None, "error": "RuntimeError: x",
+                                   "data": {}}}]}
+    write_traffic_report(results, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# Distillery on banking77 traffic (320 captured requests, 2 cycles, 60 min)")
+    assert "| Promoted student | 50.0% (25/50) |" in md and "+50.0 pts" in md
+    assert "| 1 | 160 (81) | 1 | 110 | 220 | 300 | promoted | accuracy gain +0.400 / more |" in md
+    assert "| 2 | 160 (77) | 2 | - | - | - | failed | RuntimeError: x |" in md
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["variants"]["promoted"]["ci95"] == list(wilson_interval(25, 50))
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
