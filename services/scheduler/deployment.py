@@ -39,9 +39,11 @@ class SchedulerDeployment:
                                            ray_address=ray.get_runtime_context().gcs_address, controls=controls)
         client = ServiceClient(settings, url)
         labelled = MagStore(db) if settings.capture.enabled else None
-        self.watch = RolloutWatch(settings.training.watch, registry, labelled, client.metrics_text, client.rollback)
+        self.watch = RolloutWatch(settings.training.watch, registry, labelled, client.metrics_text, client.rollback,
+                                  spec_of=lambda name: settings.task(name).spec)
         self.metrics = TrainingMetrics(self.jobs, registry, labelled, controls,
-                                       tasks={t.name for t in settings.tasks})
+                                       tasks={t.name for t in settings.tasks},
+                                       spec_of=lambda name: settings.task(name).spec)
         self.settings = settings
         # Jobs of an earlier service process cannot report to this one: close them now.
         for job_id in self.jobs.reap(STALE_S):

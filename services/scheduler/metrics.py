@@ -3,6 +3,7 @@ the store at scrape time: right after a restart, and the same whichever process 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -12,15 +13,19 @@ from services.scheduler.watch import last_promotion, live_accuracy
 from services.store.controls import Controls
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
+from services.tasks.answers import AnswerSpec
 
 OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
 
 
 class TrainingMetrics:
     def __init__(self, jobs: JobStore, registry: AdapterRegistry, mags: MagStore | None = None,
-                 controls: Controls | None = None, tasks: set[str] | None = None) -> None:
-        """`tasks`: the configured task names, the only values the `task` label takes (bounded series)."""
+                 controls: Controls | None = None, tasks: set[str] | None = None,
+                 spec_of: Callable[[str], AnswerSpec] | None = None) -> None:
+        """`tasks`: the configured task names, the only values the `task` label takes (bounded series).
+        `spec_of`: a task's answer spec, to read labelled replies per task (live accuracy)."""
         self.jobs, self.adapters, self.mags, self.controls = jobs, registry, mags, controls
+        self.spec_of = spec_of
         self.tasks = tasks or set()
         r = self.registry = CollectorRegistry()
         self.runs = Gauge("distillery_training_runs", "Training cycles ever finished, by outcome.", ["outcome"],
@@ -90,7 +95,7 @@ class TrainingMetrics:
         self.live_labels.clear()
         current = last_promotion(self.adapters)
         if self.mags is not None and current is not None:
-            for role, live in live_accuracy(self.adapters, self.mags, *current).items():
+            for role, live in live_accuracy(self.adapters, self.mags, *current, self.spec_of).items():
                 self.live_accuracy.labels(role, live.version).set(live.accuracy)
                 self.live_labels.labels(role, live.version).set(live.labels)
 

@@ -21,6 +21,7 @@ from services.config import WatchSettings
 from services.registry import AdapterRegistry
 from services.store.debates import utcnow
 from services.store.mags import MagStore
+from services.tasks.answers import AnswerSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,14 @@ def last_promotion(registry: AdapterRegistry) -> tuple[str, datetime] | None:
     return promoted.name, datetime.fromisoformat(history[-1]["at"]).replace(tzinfo=None)
 
 
-def live_accuracy(registry: AdapterRegistry, store: MagStore, version: str, since: datetime
-                  ) -> dict[str, LiveAccuracy]:
+def live_accuracy(registry: AdapterRegistry, store: MagStore, version: str, since: datetime,
+                  spec_of: Callable[[str], AnswerSpec] | None = None) -> dict[str, LiveAccuracy]:
     """Labelled live accuracy of `version` since its promotion and of what served before it (all time): the
     feedback signal of the watch, and the `distillery_live_accuracy` gauges an SRE's alert reads."""
     previous = registry.rollback_target()
     prev_name = previous.name if previous else registry.base_model
-    return {"promoted": LiveAccuracy(version, *store.live_accuracy(version, since)),
-            "previous": LiveAccuracy(prev_name, *store.live_accuracy(prev_name))}
+    return {"promoted": LiveAccuracy(version, *store.live_accuracy(version, since, spec_of)),
+            "previous": LiveAccuracy(prev_name, *store.live_accuracy(prev_name, None, spec_of))}
 
 
 def request_counts(metrics_text: str, model: str, adapter: str) -> tuple[float, float]:
@@ -70,8 +71,10 @@ def request_counts(metrics_text: str, model: str, adapter: str) -> tuple[float, 
 
 class RolloutWatch:
     def __init__(self, cfg: WatchSettings, registry: AdapterRegistry, store: MagStore | None,
-                 metrics_text: Callable[[], str], rollback: Callable[[str], object]) -> None:
-        self.cfg, self.registry, self.store = cfg, registry, store
+                 metrics_text: Callable[[], str], rollback: Callable[[str], object],
+                 spec_of: Callable[[str], AnswerSpec] | None = None) -> None:
+        """`spec_of`: a task's answer spec (`Settings.task(name).spec`), to read labelled replies per task."""
+        self.cfg, self.registry, self.store, self.spec_of = cfg, registry, store, spec_of
         self.metrics_text, self.rollback = metrics_text, rollback
         self._watching: tuple[str, datetime] | None = None
         self._baseline = (0.0, 0.0)
@@ -109,7 +112,7 @@ class RolloutWatch:
 
     def _feedback(self, version: str, since: datetime) -> str | None:
         assert self.store is not None
-        live = live_accuracy(self.registry, self.store, version, since)
+        live = live_accuracy(self.registry, self.store, version, since, self.spec_of)
         cur, prev = live["promoted"], live["previous"]
         if cur.labels < self.cfg.min_labels or prev.labels < self.cfg.min_labels:
             return None

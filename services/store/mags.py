@@ -7,7 +7,7 @@ Writers: the gateway's capture sink (`enqueue`), `POST /v1/feedback` (`add_label
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from services.store.db import Database
 from services.store.debates import CaptureRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
-from services.tasks.answers import answer_type_of, read_for_eval, same_answer
+from services.tasks.answers import AnswerSpec, answer_type_of, read_for_eval, same_answer, spec_of
 
 
 @dataclass
@@ -354,17 +354,21 @@ class MagStore:
         with self.db.session() as s:
             return s.scalar(q) or 0
 
-    def live_accuracy(self, adapter: str, since: datetime | None = None) -> tuple[int, int]:
+    def live_accuracy(self, adapter: str, since: datetime | None = None,
+                      task_spec: Callable[[str], AnswerSpec] | None = None) -> tuple[int, int]:
         """(labelled, correct) requests served by `adapter`: clients' labels (POST /v1/feedback) against the
-        answer that was served, a live accuracy signal for a freshly promoted version."""
-        q = select(CaptureRow.served_output, CaptureRow.label).where(
+        answer that was served, read as its task's app reads it (`task_spec`: a task's answer spec; without it, the
+        type the label implies), a live accuracy signal for a freshly promoted version."""
+        q = select(CaptureRow.served_output, CaptureRow.label, CaptureRow.task).where(
             CaptureRow.served_adapter == adapter, CaptureRow.label_source == "feedback", CaptureRow.label.is_not(None))
         if since is not None:
             q = q.where(CaptureRow.created_at >= since)
         with self.db.session() as s:
             rows = s.execute(q).all()
-        correct = sum(same_answer(read_for_eval(out, answer_type_of(label)), label, answer_type_of(label))
-                      for out, label in rows)
+        correct = 0
+        for out, label, task in rows:
+            spec = task_spec(task or "default") if task_spec is not None else spec_of(answer_type_of(label))
+            correct += same_answer(read_for_eval(out, spec), label, spec)
         return len(rows), correct
 
     def eval_slice(self, task: str, limit: int) -> list[tuple[str, list[dict[str, Any]], str]]:

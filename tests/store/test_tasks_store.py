@@ -137,3 +137,22 @@ def test_list_filters_by_holdout_and_task(store: MagStore) -> None:
     mag = store.get(held)
     assert mag is not None and (mag.task, mag.held_out, mag.request_id, mag.messages) == \
         ("intent", True, "h", messages("h"))
+
+
+def test_live_accuracy_reads_each_labelled_reply_as_its_task_does(db_url: str) -> None:
+    """A label task's app reads the reply as the label alone: `card_arrival` is right, prose naming it is not; the
+    arithmetic task's reply is read for its final answer. Without the task's spec, a bare label is not even read."""
+    from services.config import TaskProfile
+
+    db = Database(db_url)
+    db.create_all()
+    store = MagStore(db)
+    served = [("r1", "intent", "card_arrival", "card_arrival"), ("r2", "intent", "It is card_arrival.", "card_arrival"),
+              ("r3", "intent", "card_linking", "card_arrival"), ("r4", None, "So 3 + 4 = 7.\nFinal answer: 7", "7")]
+    for rid, task, out, label in served:
+        store.enqueue([{"request_id": rid, "question": "q", "messages": [], "task": task, "served_output": out,
+                        "served_adapter": "student@v1", "label": label, "label_source": "feedback"}])
+    profiles = {"intent": TaskProfile(name="intent", answer_type="label", labels=["card_arrival", "card_linking"]),
+                "default": TaskProfile(name="default", answer_type="number")}
+    assert store.live_accuracy("student@v1", task_spec=lambda name: profiles[name].spec) == (4, 2)
+    assert store.live_accuracy("student@v1") == (4, 1)  # the label's implied type (text) reads no bare label
