@@ -22,10 +22,11 @@ PROMPT_VERSION = "dr-fair-v2"
 
 LABEL_SOURCES = frozenset({"feedback", "dataset"})  # gold that a person or a dataset vouches for
 
-FORMAT_LINE: dict[AnswerType, str] = {
+FORMAT_LINE: dict[str, str] = {
     "number": "The final answer must be a single number.",
     "choice": "The final answer must be the letter of one option.",
     "label": "The final answer must be exactly one of these labels, written as listed: {labels}.",
+    "label_listed": "The final answer must be exactly one of the labels the request lists, written as listed.",
     "text": "The final answer must be a short phrase.",
     "json": "The final answer must be one JSON object on a single line, in the format the request asks for.",
 }
@@ -155,14 +156,18 @@ def gold_line(gold: str, source: str) -> str:
     return f"The teachers' consensus final answer is {gold}."
 
 
-def format_line(spec: AnswerType | AnswerSpec) -> str:
-    """The answer-format sentence of answer and debate prompts (a label task's lists its label set)."""
+def format_line(spec: AnswerType | AnswerSpec, question: str = "") -> str:
+    """The answer-format sentence of answer and debate prompts. A label task's names its label set, unless the
+    request lists every label already (an app's system prompt usually does): a second copy would only take
+    the context a small student needs."""
     spec = spec_of(spec)
+    if spec.type == "label" and spec.labels and all(label in question for label in spec.labels):
+        return FORMAT_LINE["label_listed"]
     return FORMAT_LINE[spec.type].format(labels=", ".join(spec.labels))
 
 
 def answer_prompt(question: str, spec: AnswerType | AnswerSpec) -> str:
-    return ANSWER.format(question=question, format_line=format_line(spec))
+    return ANSWER.format(question=question, format_line=format_line(spec, question))
 
 
 def judge_prompt(question: str, answer: str, rubric: str, reference: str | None) -> str:
@@ -191,7 +196,7 @@ def render_block(index: int, b: Block) -> str:
 
 
 def debate_prompt(question: str, spec: AnswerType | AnswerSpec, blocks: list[str]) -> str:
-    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=format_line(spec))
+    return DEBATE.format(question=question, blocks="\n\n".join(blocks), format_line=format_line(spec, question))
 
 
 _BLOCK_RE = re.compile(r'<agent_answer index="\d+">.*?</agent_answer>', re.S)

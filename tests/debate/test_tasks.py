@@ -91,13 +91,16 @@ async def test_label_task_reads_intents_reaches_a_consensus_label_and_lists_the_
     explanations = mag.of_kind("explanation", 0)
     assert sorted(n.agent for n in explanations) == ["intent-a", "intent-b"]
     assert all(n.status == "ok" and row["label"] in (n.text or "") and n.accepted for n in explanations)
-    # The answer prompt states the label set (the format line, not only the app's own system prompt).
-    line = prompts.format_line(task.spec)
-    assert line.startswith("The final answer must be exactly one of these labels, written as listed: "
-                           "card_arrival, card_linking, exchange_rate")
+    # The app's system prompt lists every label already: the format line points to it instead of a second copy
+    # (which would take the context a small student needs); a question without the list gets the list.
+    line = prompts.format_line(task.spec, mag.question)
+    assert line == "The final answer must be exactly one of the labels the request lists, written as listed."
     assert r0["student"].prompt == prompts.answer_prompt(mag.question, task.spec) and line in calls[0]
     debate_turn = next(p for p in calls if "<agent_answer" in p)
     assert line in debate_turn  # the debate round's prompt too
+    bare = prompts.answer_prompt("I am still waiting on my card?", task.spec)
+    assert ("The final answer must be exactly one of these labels, written as listed: card_arrival, card_linking, "
+            "exchange_rate") in bare
     # Solved in round 1: the student routes rightly after the debate.
     assert (result.outcome, result.rounds, result.stop_round) == ("solved", 2, 1)
     assert result.student_correct_first is False and result.student_correct_last is True
