@@ -7,6 +7,11 @@ source's, times FAIR's mix share; mean 1 over the set), and the batch loss is
     L = 1/B * sum_b w_b * CE_b,    CE_b = mean over example b's completion tokens of -log p(token)
 
 so FAIR's 0.5 * CE(explanations) + 0.5 * CE(rationales) holds in expectation whatever the two counts are.
+
+With `pack` (the default, `training.sft.pack_shared_prefix`), the examples of a step that share a prompt prefix
+(one task's system prompt) are packed into rows where the prefix runs once (`ray_jobs.sft.packing`); the loss is
+the same L, exactly, so only the time per step changes. A batch where no two examples share a prefix runs as
+before: one padded row per example.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ray_jobs.sft.packing import DEFAULT_ROW_TOKENS, group, pack_sft, packed_loss
 from ray_jobs.train.optim import optimizer, steps_for
 from ray_jobs.train.optim import step as optim_step
 from ray_jobs.trees.encode import SftExample
@@ -41,7 +47,9 @@ def collate(batch: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-example mean cross-entropy on the completion, weighted, averaged over the batch (see the module)."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    # log_softmax over the last (vocabulary) dimension: torch's CPU cross_entropy over [B, vocab, T] (the class
+    # dimension not last) sums the 49k exponentials less exactly, off by ~1e-4 on the real student's logits.
+    tok = -logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     scored = (labels != -100).float()
     per_example = (tok * scored).sum(1) / scored.sum(1).clamp(min=1)
     return (weights * per_example).mean()
@@ -60,24 +68,43 @@ def batches(examples: list[SftExample], size: int, steps: int, seed: int) -> Ite
         order = order[size:]
 
 
+def batch_loss(model: Any, batch: list[SftExample], pad_id: int, *, pack: bool = True,
+               row_tokens: int = DEFAULT_ROW_TOKENS) -> tuple[torch.Tensor, dict[str, int]]:
+    """The step's loss L (see the module) and what was computed: `rows`, `tokens` (real tokens in them) and
+    `example_tokens` (the batch's prompt + completion tokens, what the plain path computes besides padding)."""
+    example_tokens = sum(len(e.prompt_ids) + len(e.completion_ids) for e in batch)
+    groups = group(batch, row_tokens) if pack else []
+    if groups and len(groups) < len(batch):
+        packed = pack_sft(batch, groups, pad_id)
+        return packed_loss(model, packed), {"rows": len(groups), "tokens": packed.tokens,
+                                            "example_tokens": example_tokens}
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    loss = weighted_loss(logits, inputs["labels"], inputs["weights"])
+    return loss, {"rows": len(batch), "tokens": example_tokens, "example_tokens": example_tokens}
+
+
 def train_sft(model: Any, examples: list[SftExample], *, lr: float, epochs: float, batch_size: int,
-              max_steps: int | None, pad_id: int, seed: int, log: Callable[[dict[str, Any]], None]
-              ) -> dict[str, Any]:
+              max_steps: int | None, pad_id: int, seed: int, log: Callable[[dict[str, Any]], None],
+              pack: bool = True, row_tokens: int | None = None) -> dict[str, Any]:
+    """`pack`: shared-prefix packing (see the module); `row_tokens`: a packed row's budget (default: the default
+    `max_prompt_tokens + max_completion_tokens`, the longest example the encoder lets through)."""
     steps = steps_for(len(examples), batch_size, epochs, max_steps)
     if steps == 0:
         return {"sft_steps": 0}
-    device = next(model.parameters()).device
     opt, sched = optimizer(model, lr, steps)
     model.train()
     losses, t0 = [], time.monotonic()
+    computed = total = 0
     for step, batch in enumerate(batches(examples, batch_size, steps, seed), 1):
-        inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        loss = weighted_loss(logits, inputs["labels"], inputs["weights"])
+        loss, work = batch_loss(model, batch, pad_id, pack=pack, row_tokens=row_tokens or DEFAULT_ROW_TOKENS)
         loss.backward()
         optim_step(model, opt, sched)
         losses.append(loss.item())
-        log({"phase": "sft", "step": step, "steps": steps, "loss": round(losses[-1], 4),
+        computed, total = computed + work["tokens"], total + work["example_tokens"]
+        log({"phase": "sft", "step": step, "steps": steps, "loss": round(losses[-1], 4), "rows": work["rows"],
              "lr": sched.get_last_lr()[0], "elapsed_s": round(time.monotonic() - t0, 1)})
     return {"sft_steps": steps, "sft_loss_first": losses[0], "sft_loss_last": sum(losses[-5:]) / len(losses[-5:]),
-            "sft_seconds": round(time.monotonic() - t0, 1)}
+            "sft_seconds": round(time.monotonic() - t0, 1),
+            "sft_packed_token_share": round(computed / max(1, total), 3)}

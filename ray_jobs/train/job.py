@@ -40,6 +40,7 @@ def run_training(cfg: TrainingConfig, *, model_path: str, sft: list[SftExample],
         "threads": cfg.threads(), "use_gpu": cfg.use_gpu, "log_every": log_every,
         "checkpointing": cfg.gradient_checkpointing,
         "lora": cfg.lora.model_dump(), "sft": cfg.sft.model_dump(),
+        "row_tokens": cfg.max_prompt_tokens + cfg.max_completion_tokens,  # a packed SFT row's budget
         "tdpo": {**cfg.tdpo.model_dump(), **({"enabled": tdpo} if tdpo is not None else {})},
     }
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}

@@ -70,7 +70,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     s = config["sft"]
     metrics.update(train_sft(model, sft, lr=s["lr"], epochs=s["epochs"], batch_size=s["batch_size"],
-                             max_steps=s["max_steps"], pad_id=config["pad_id"], seed=config["seed"], log=progress))
+                             max_steps=s["max_steps"], pad_id=config["pad_id"], seed=config["seed"], log=progress,
+                             pack=s["pack_shared_prefix"], row_tokens=config["row_tokens"]))
     checkpoint("sft")
     d = config["tdpo"]
     if d["enabled"] and trees:
