@@ -555,7 +555,8 @@ class Settings(BaseSettings):
         env_prefix="DISTILLERY_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="Where all of Distillery's state lives.")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where all of Distillery's state lives "
+                           "(a relative path is taken from the working directory at start).")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the store (default: SQLite `distillery.db` in data_dir)."
     )
@@ -571,6 +572,13 @@ class Settings(BaseSettings):
         default_factory=_embedded_tasks, description="Task profiles. A request is the task its `metadata.task` names, "
         "else the first whose `match` fits, else `default` (added as a `text` task when not listed).",
     )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # Every process of the service (Ray workers, training jobs, Ray Train's storage) must find the same place,
+        # whatever its working directory.
+        return v.expanduser().resolve()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

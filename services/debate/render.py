@@ -15,13 +15,14 @@ def _short(text: str | None, width: int) -> str:
 def summary_row(m: Mag) -> list[str]:
     first = {None: "-", True: "right", False: "wrong"}[m.student_correct_first]
     last = {None: "-", True: "right", False: "wrong"}[m.student_correct_last]
-    return [str(m.id), m.created_at.strftime("%Y-%m-%d %H:%M:%S"), m.status, m.outcome or "-", str(m.rounds),
+    task = (m.task or "default") + (" (held out)" if m.held_out else "")
+    return [str(m.id), m.created_at.strftime("%Y-%m-%d %H:%M:%S"), task, m.status, m.outcome or "-", str(m.rounds),
             f"{m.gold or '-'} ({m.gold_source})", f"{first}->{last}", "yes" if m.usable else "no",
             f"{m.accepted_rationales}/{m.reviewed_rationales}", str(m.teacher_tokens), _short(m.question, 48)]
 
 
-SUMMARY_HEADER = ["ID", "CREATED", "STATUS", "OUTCOME", "ROUNDS", "GOLD (SOURCE)", "STUDENT", "USABLE", "ACCEPTED",
-                  "T-TOKENS", "QUESTION"]
+SUMMARY_HEADER = ["ID", "CREATED", "TASK", "STATUS", "OUTCOME", "ROUNDS", "GOLD (SOURCE)", "STUDENT", "USABLE",
+                  "ACCEPTED", "T-TOKENS", "QUESTION"]
 
 
 def _mark(n: Node) -> str:
