@@ -516,6 +516,8 @@ class TaskProfile(BaseModel):
         if self.labels and self.labels_file:
             raise ValueError(f"task {self.name!r}: give `labels` or `labels_file`, not both")
         if self.labels_file is not None:
+            if not self.labels_file.is_file():
+                raise ValueError(f"task {self.name!r}: labels_file {str(self.labels_file)!r} is not a file")
             try:
                 loaded = json.loads(self.labels_file.read_text())
             except (OSError, ValueError) as e:
