@@ -17,6 +17,12 @@ One `run` is one question:
                other than its author: training takes chosen answers and rationales only from accepted ones.
 No critique phase after the last round. Prompts state the gold with its provenance (`prompts.gold_line`).
 
+Tasks (`DebateInput.task`, docs/tasks.md): the task's answer spec reads every answer (a `label` task's prompts name
+the label set, or point to the request's own list); only the task's teachers debate it; a client label that is not
+a valid answer for the task is ignored (noted on the debate); a consensus is only a valid answer. A `text` task is
+judged: every answer, the student's included, is scored against the task's rubric by the teachers other than its
+author, correct when the mean reaches `judge_threshold`; the best-judged passing teacher answer is the reference.
+
 Reading a reply (`services.tasks.answers`) has four outcomes: `ok` (graded), `unparsed`, `abstained`, `truncated`
 (cut at max_tokens). Only `ok` is graded: the other three are never wrong, never critiqued, never a rejected
 child, and do not block the stopping rule. An agent whose call failed is absent for that phase. Every phase is
@@ -90,10 +96,6 @@ class DebateEngine:
         self.student, self.teachers, self.cfg, self.store = student, teachers, cfg, store
         self.budget = budget or BlockBudget()
         self.observer = observer
-
-    @property
-    def agents(self) -> list[Agent]:
-        return [self.student, *self.teachers]
 
     def teachers_for(self, task: TaskProfile | None) -> list[Agent]:
         return [t for t in self.teachers if task is None or not task.teachers or t.name in task.teachers]
