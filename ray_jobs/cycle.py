@@ -81,7 +81,7 @@ def datasets(settings: Settings, mags: list[Mag], encoder: Encoder, **build_kwar
     t = settings.training
     data = build(mags, seed=t.seed, max_pairs_per_node=t.tdpo.max_pairs_per_node, gold_weights=t.gold_weights,
                  explanation_share=t.sft.explanation_share,
-                 without_rationales=frozenset(task.name for task in settings.tasks if not task.train_reasoning),
+                 without_reasoning=frozenset(task.name for task in settings.tasks if not task.train_reasoning),
                  **build_kwargs)
     sft = encoder.sft(data.sft, data.counts)
     trees = encoder.trees(data.trees, t.tdpo.level_weight, data.counts)

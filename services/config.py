@@ -502,9 +502,10 @@ class TaskProfile(BaseModel):
         default_factory=list, description="Names of the `debate.teachers` that debate this task (empty: all).",
     )
     train_reasoning: bool = Field(
-        True, description="Also train on the teachers' accepted rationales in the debate's format (FAIR's rationale "
-        "items). False trains a `label`/`json` task on its app-format answers only: the app reads the answer alone, "
-        "and reasoning items cost training time (long debate prompts) without changing what it is served.",
+        True, description="Also train on the debate's prose: the teachers' accepted rationales and FAIR's explanations "
+        "of the student's mistakes. False trains a `label`/`json` task on its app-format answers only: the app reads "
+        "the answer alone, and reasoning items cost training time (long prose prompts) without changing what it is "
+        "served.",
     )
     eval: TaskEval = Field(default_factory=TaskEval)
 

@@ -117,7 +117,8 @@ def cycles_table(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(results["cycles"], 1):
         job, data = c["job"], c["job"].get("data") or {}
-        reason = (job.get("reason") or job.get("error") or "").replace("|", "/")[:300]
+        why = job.get("error") if job.get("outcome") == "failed" else job.get("reason")  # not a failed traceback
+        reason = " ".join((why or "").split()).replace("|", "/")[:300]
         lines.append(f"| {i} | {c['sent']['requests']} ({c['sent']['labelled']}) | {job['id']} | "
                      f"{data.get('mags', '-')} | {data.get('sft_examples', '-')} | {data.get('tree_pairs', '-')} | "
                      f"{job.get('outcome')} | {reason} |")
@@ -134,6 +135,6 @@ def write_traffic_report(results: dict[str, Any], out_dir: Path) -> None:
           f"{len(results['cycles'])} cycles, {results.get('seconds', 0) / 60:.0f} min)", "",
           "Base model vs the promoted student on the task's held-out traffic slice (never trained on), through "
           "the gateway in the app's format, exact label.", "", table(results), "",
-          "## Training cycles", "", cycles_table(results), ""]
+          "## Training cycles", "", cycles_table(results), "", *([results["note"], ""] if results.get("note") else [])]
     (out_dir / "results.md").write_text("\n".join(md))
     chart(results, out_dir / "results.png")

@@ -180,12 +180,13 @@ def build(
     sft_teachers: set[str] | None = None,
     sft_rounds: set[int] | None = None,
     with_explanations: bool = True,
-    without_rationales: frozenset[str] = frozenset(),
+    without_reasoning: frozenset[str] = frozenset(),
 ) -> TrainingData:
     """Trees and SFT items from usable MAGs. `sft_teachers`/`sft_rounds` restrict the rationale items (e.g. one
     teacher's round-0 answers: single-teacher distillation); `with_explanations=False` drops FAIR's explanation
     items. `gold_weights`: weight by gold source (None: every source 1); a MAG whose weight is 0 is skipped.
-    `without_rationales`: tasks whose rationale items are left out (`tasks[].train_reasoning: false`)."""
+    `without_reasoning`: tasks trained on their app-format answers only: their rationale and explanation items,
+    prose in the debate's format, are left out (`tasks[].train_reasoning: false`)."""
     data = TrainingData()
     rng = random.Random(f"trees-{seed}")
     for mag in sorted(mags, key=lambda m: m.id):
@@ -197,10 +198,11 @@ def build(
         data.mag_ids.append(mag.id)
         data.counts[f"mags_gold_{source}"] += 1
         data.trees += tree_nodes(mag, rng, max_pairs_per_node, data.counts, weight)
-        if (mag.task or "default") not in without_rationales:
+        reasoning = (mag.task or "default") not in without_reasoning
+        if reasoning:
             data.sft += rationale_items(mag, sft_teachers, sft_rounds, weight)
         data.sft += app_items(mag, weight)
-        if with_explanations:
+        if with_explanations and reasoning:
             data.sft += explanation_items(mag, rng, weight)
     mix_weights(data.sft, explanation_share)
     data.counts.update(f"sft_{i.kind}" for i in data.sft)

@@ -54,8 +54,8 @@ def test_traffic_report_has_base_vs_promoted_and_every_cycle(tmp_path) -> None:
                            "job": {"id": 1, "outcome": "promoted", "reason": "accuracy gain +0.400 | more",
                                    "data": {"mags": 110, "sft_examples": 220, "tree_pairs": 300}}},
                           {"sent": {"requests": 160, "labelled": 77},
-                           "job": {"id": 2, "outcome": "failed", "reason": None, "error": "RuntimeError: x",
-                                   "data": {}}}]}
+                           "job": {"id": 2, "outcome": "failed", "reason": "Traceback (most recent call last):\n  ...",
+                                   "error": "RuntimeError: x", "data": {}}}]}
     write_traffic_report(results, tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("# Distillery on banking77 traffic (320 captured requests, 2 cycles, 60 min)")

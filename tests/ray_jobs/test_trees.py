@@ -260,3 +260,22 @@ def test_encoding_renders_the_clients_system_prompt(store: MagStore, model_dir: 
     assert tree.prompt_ids == tok.chat(INTENT_MESSAGES)
     assert tok.tok.decode(tree.children[0]).startswith("card_arrival")
     assert tok.tok.decode(tree.children[1]).startswith("card_delivery_estimate")
+
+
+def test_a_task_without_reasoning_trains_its_app_format_only(store: MagStore) -> None:
+    """`tasks[].train_reasoning: false`: the task's rationale and explanation items (the debate's prose) are left
+    out, its app-format items and trees kept; other tasks keep theirs."""
+    from services.store.mags import Node
+
+    mag = intent_mag(store)
+    store.add_nodes(mag.id, [Node(0, "teacher-a", "teacher", "explanation", "The message is about a card that has "
+                                  "not arrived: card_arrival, not card_delivery_estimate.", "ok", accepted=True,
+                                  prompt="Explain the student's mistake.", target_agent="student")])
+    mag = store.get(mag.id)
+    full = build([mag], seed=0)
+    lean = build([mag], seed=0, without_reasoning=frozenset({"t"}))
+    assert sorted(i.kind for i in full.sft) == ["app", "explanation", "rationale"]
+    assert [(i.kind, i.completion) for i in lean.sft] == [("app", "card_arrival")]
+    assert [(t.chosen, t.rejected) for t in lean.trees] == [(t.chosen, t.rejected) for t in full.trees]
+    other = build([mag], seed=0, without_reasoning=frozenset({"some-other-task"}))
+    assert sorted(i.kind for i in other.sft) == ["app", "explanation", "rationale"]
