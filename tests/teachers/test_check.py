@@ -89,3 +89,12 @@ def test_built_in_reference_teachers_are_checked_where_the_service_hosts_them(mo
     rows = json_rows(capsys)
     assert rows["ref-exact"]["passed"] and rows["ref-exact"]["correct"] and rows["ref-exact"]["model"] == "ref-exact"
     assert rows["o3"]["passed"] and rows["o3"]["model"] == REASONING_MODEL
+
+
+async def test_a_reply_cut_at_max_tokens_fails_the_check_and_is_not_graded():
+    cfg = TeacherConfig(name="claude", base_url="http://unused")
+    with HostedTeacher("claude", truncate_every=1).serve() as url:
+        (row,) = await check_teachers([OpenAIAgent(cfg, base_url=url)])
+    assert row.reachable == "yes" and not row.passed
+    assert (row.answer_status, row.answer, row.correct) == ("truncated", None, None)
+    assert table_row(row)[4] == "truncated"
