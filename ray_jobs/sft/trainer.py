@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ray_jobs.sft.packing import DEFAULT_ROW_TOKENS, group, pack_sft, packed_loss
-from ray_jobs.train.optim import optimizer, steps_for
+from ray_jobs.train.optim import optimizer
 from ray_jobs.train.optim import step as optim_step
 from ray_jobs.trees.encode import SftExample
 
@@ -85,12 +85,13 @@ def batch_loss(model: Any, batch: list[SftExample], pad_id: int, *, pack: bool =
     return loss, {"rows": len(batch), "tokens": example_tokens, "example_tokens": example_tokens}
 
 
-def train_sft(model: Any, examples: list[SftExample], *, lr: float, epochs: float, batch_size: int,
-              max_steps: int | None, pad_id: int, seed: int, log: Callable[[dict[str, Any]], None],
-              pack: bool = True, row_tokens: int | None = None) -> dict[str, Any]:
-    """`pack`: shared-prefix packing (see the module); `row_tokens`: a packed row's budget (default: the default
-    `max_prompt_tokens + max_completion_tokens`, the longest example the encoder lets through)."""
-    steps = steps_for(len(examples), batch_size, epochs, max_steps)
+def train_sft(model: Any, examples: list[SftExample], *, lr: float, steps: int, batch_size: int, pad_id: int,
+              seed: int, log: Callable[[dict[str, Any]], None], pack: bool = True, row_tokens: int | None = None
+              ) -> dict[str, Any]:
+    """`steps` optimizer steps of `batch_size` examples, in reshuffled passes over `examples` (the worker sets it
+    from the global set, see `ray_jobs.train.worker`); `pack`: shared-prefix packing (see the module);
+    `row_tokens`: a packed row's budget (default: the default `max_prompt_tokens + max_completion_tokens`, the
+    longest example the encoder lets through)."""
     if steps == 0:
         return {"sft_steps": 0}
     opt, sched = optimizer(model, lr, steps)

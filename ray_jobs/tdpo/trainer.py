@@ -16,7 +16,7 @@ import torch
 
 from ray_jobs.tdpo.loss import TreeDPOLoss
 from ray_jobs.tdpo.packing import Tree, child_logps, pack
-from ray_jobs.train.optim import optimizer, steps_for
+from ray_jobs.train.optim import optimizer
 from ray_jobs.train.optim import step as optim_step
 
 
@@ -26,10 +26,10 @@ def reference_logps(model: Any, trees: list[Tree], pad_id: int) -> list[torch.Te
     return [child_logps(model, pack([t], pad_id)).float().cpu() for t in trees]
 
 
-def train_tdpo(model: Any, trees: list[Tree], *, beta: float, lr: float, epochs: float, trees_per_step: int,
-               max_steps: int | None, pad_id: int, seed: int, log: Callable[[dict[str, Any]], None]
-               ) -> dict[str, Any]:
-    steps = steps_for(len(trees), trees_per_step, epochs, max_steps)
+def train_tdpo(model: Any, trees: list[Tree], *, beta: float, lr: float, steps: int, trees_per_step: int,
+               pad_id: int, seed: int, log: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """`steps` optimizer steps of `trees_per_step` trees, in reshuffled passes over `trees` (the worker sets it
+    from the global list, see `ray_jobs.train.worker`)."""
     if steps == 0:
         return {"tdpo_steps": 0}
     t0 = time.monotonic()

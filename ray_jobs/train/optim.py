@@ -21,11 +21,6 @@ def optimizer(model: torch.nn.Module, lr: float, total_steps: int, warmup: float
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def steps_for(n_items: int, per_step: int, epochs: float, max_steps: int | None) -> int:
-    steps = max(1, math.ceil(n_items * epochs / per_step)) if n_items else 0
-    return min(steps, max_steps) if max_steps else steps
-
-
 def average_gradients(model: torch.nn.Module) -> None:
     """Data parallelism without DDP wrappers: mean the LoRA gradients over workers (no-op on one worker)."""
     import torch.distributed as dist

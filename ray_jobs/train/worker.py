@@ -4,17 +4,42 @@ Runs inside `TorchTrainer` (see `job.py`), on CPU or one GPU per worker. Data co
 driver (shared storage in a cluster), so nothing large travels through Ray's object store. Rank 0 saves the
 adapter and reports it as a checkpoint after each stage: a cycle killed during T-DPO still has its SFT adapter
 on disk for inspection, but only a finished cycle is ever published.
+
+Data parallel without a join: every step all-reduces the gradients (`optim.average_gradients`), so every worker
+must take the same steps. Worker `rank` trains on `shard(items, rank, world)` of each set, and each stage's step
+count comes from the global set (`steps_for`: `epochs` passes over the largest shard, capped by `max_steps`): a
+shorter shard cycles through its items, a worker past the end of a set smaller than the workers takes an item by
+wrapping around, and T-DPO runs on every worker or on none (T-DPO off, or no tree at all).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("distillery.train")
+T = TypeVar("T")
+
+
+def shard(items: list[T], rank: int, world: int) -> list[T]:
+    """Worker `rank`'s share: every `world`-th item from `rank`; with fewer items than workers, a worker left
+    without one takes item `rank % len(items)`, so that it computes real gradients too."""
+    if not items:
+        return []
+    return items[rank::world] or [items[rank % len(items)]]
+
+
+def steps_for(n_items: int, world: int, per_step: int, epochs: float, max_steps: int | None) -> int:
+    """A stage's optimizer steps, the same on every worker: `epochs` passes over the largest of the `world` shards
+    of `n_items` (one worker: over them all), `per_step` items a step; 0 with no items."""
+    if not n_items:
+        return 0
+    steps = max(1, math.ceil(math.ceil(n_items / world) * epochs / per_step))
+    return min(steps, max_steps) if max_steps else steps
 
 
 def load_model(model_path: str, lora: dict[str, Any], device: str, seed: int, checkpointing: bool = False) -> Any:
@@ -47,7 +72,7 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = "cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu"
     data = torch.load(config["data_path"], weights_only=False)
-    sft, trees = data["sft"][rank::world], data["trees"][rank::world]  # each worker its shard
+    sft, trees = shard(data["sft"], rank, world), shard(data["trees"], rank, world)
     model = load_model(config["model_path"], config["lora"], device, config["seed"], config["checkpointing"])
     metrics: dict[str, Any] = {"sft_examples": len(data["sft"]), "trees": len(data["trees"]),
                                "pairs": sum(len(t.pairs) for t in data["trees"]), "workers": world,
@@ -69,13 +94,15 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     s = config["sft"]
-    metrics.update(train_sft(model, sft, lr=s["lr"], epochs=s["epochs"], batch_size=s["batch_size"],
-                             max_steps=s["max_steps"], pad_id=config["pad_id"], seed=config["seed"], log=progress,
+    steps = steps_for(len(data["sft"]), world, s["batch_size"], s["epochs"], s["max_steps"])
+    metrics.update(train_sft(model, sft, lr=s["lr"], steps=steps, batch_size=s["batch_size"],
+                             pad_id=config["pad_id"], seed=config["seed"], log=progress,
                              pack=s["pack_shared_prefix"], row_tokens=config["row_tokens"]))
     checkpoint("sft")
     d = config["tdpo"]
-    if d["enabled"] and trees:
-        metrics.update(train_tdpo(model, trees, beta=d["beta"], lr=d["lr"], epochs=d["epochs"],
-                                  trees_per_step=d["trees_per_step"], max_steps=d["max_steps"],
-                                  pad_id=config["pad_id"], seed=config["seed"], log=progress))
+    if d["enabled"] and data["trees"]:  # the global list: every worker or none, as every step all-reduces
+        steps = steps_for(len(data["trees"]), world, d["trees_per_step"], d["epochs"], d["max_steps"])
+        metrics.update(train_tdpo(model, trees, beta=d["beta"], lr=d["lr"], steps=steps,
+                                  trees_per_step=d["trees_per_step"], pad_id=config["pad_id"], seed=config["seed"],
+                                  log=progress))
         checkpoint("tdpo")

@@ -156,8 +156,7 @@ def test_examples_without_a_shared_prefix_train_plain() -> None:
         assert torch.equal(loss, plain_loss(model, distinct))  # the very same computation, bit for bit
 
     log: list[dict] = []
-    out = train_sft(model, distinct, lr=1e-2, epochs=8, batch_size=6, max_steps=None, pad_id=PAD, seed=0,
-                    log=log.append)
+    out = train_sft(model, distinct, lr=1e-2, steps=8, batch_size=6, pad_id=PAD, seed=0, log=log.append)
     assert out["sft_steps"] == 8 and out["sft_packed_token_share"] == 1.0
     assert all(m["rows"] == 6 for m in log)
     assert log[-1]["loss"] < log[0]["loss"] - 0.2
@@ -171,8 +170,8 @@ def test_packed_training_follows_the_plain_trajectory() -> None:
     runs = {}
     for pack in (False, True):
         model, log = tiny_model(), []
-        out = train_sft(model, data, lr=1e-2, epochs=3, batch_size=4, max_steps=None, pad_id=PAD, seed=0,
-                        log=log.append, pack=pack)
+        out = train_sft(model, data, lr=1e-2, steps=7, batch_size=4, pad_id=PAD, seed=0, log=log.append,
+                        pack=pack)
         runs[pack] = (out, log, {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
     (plain, plain_log, plain_w), (packed, packed_log, packed_w) = runs[False], runs[True]
     assert plain["sft_packed_token_share"] == 1.0 and packed["sft_packed_token_share"] < 0.7

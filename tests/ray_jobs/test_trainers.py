@@ -39,8 +39,7 @@ def test_sft_masks_the_prompt_and_learns_the_completion(model_dir: str, encoder:
     assert (batch["labels"][0, :n_prompt] == -100).all() and (batch["labels"][0, n_prompt:] != -100).all()
     m = model(model_dir)
     log: list[dict] = []
-    out = train_sft(m, ex, lr=1e-3, epochs=6, batch_size=1, max_steps=None, pad_id=encoder.pad_id, seed=0,
-                    log=log.append)
+    out = train_sft(m, ex, lr=1e-3, steps=6, batch_size=1, pad_id=encoder.pad_id, seed=0, log=log.append)
     assert out["sft_steps"] == 6 == len(log)
     assert out["sft_loss_last"] < 0.5 * out["sft_loss_first"]
 
@@ -69,8 +68,8 @@ def test_tdpo_starts_at_the_reference_and_moves_toward_chosen(model_dir: str, en
     with torch.no_grad():  # the reference is the adapter as it stands: the first policy equals it exactly
         assert torch.allclose(child_logps(m, pack(trees, encoder.pad_id)), ref[0], atol=1e-5)
     log: list[dict] = []
-    out = train_tdpo(m, trees, beta=0.1, lr=5e-4, epochs=8, trees_per_step=1, max_steps=None,
-                     pad_id=encoder.pad_id, seed=0, log=log.append)
+    out = train_tdpo(m, trees, beta=0.1, lr=5e-4, steps=8, trees_per_step=1, pad_id=encoder.pad_id, seed=0,
+                     log=log.append)
     assert out["tdpo_steps"] == 8
     assert math.isclose(out["tdpo_loss_first"], math.log(2), abs_tol=1e-4)  # DPO's loss at policy == reference
     assert out["tdpo_loss_last"] < out["tdpo_loss_first"] and out["tdpo_reward_accuracy"] == 1.0
