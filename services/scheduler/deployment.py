@@ -35,9 +35,9 @@ class SchedulerDeployment:
         registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
         url = service_url(settings)
         controls = Controls(db)
-        self.scheduler = TrainingScheduler(settings, self.jobs, MagStore(db), url=url,
-                                           ray_address=ray.get_runtime_context().gcs_address, controls=controls)
         client = ServiceClient(settings, url)
+        self.scheduler = TrainingScheduler(settings, self.jobs, MagStore(db), url=url, ready=client.ready,
+                                           ray_address=ray.get_runtime_context().gcs_address, controls=controls)
         labelled = MagStore(db) if settings.capture.enabled else None
         self.watch = RolloutWatch(settings.training.watch, registry, labelled, client.metrics_text, client.rollback,
                                   spec_of=lambda name: settings.task(name).spec)

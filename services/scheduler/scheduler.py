@@ -1,7 +1,9 @@
 """When to train, and the training job's process: the periodic trigger inside the running service.
 
 A cycle is due every `training.every_minutes` or once `training.every_mags` usable MAGs finished since the last
-cycle started (either trigger needs at least one fresh MAG, so an idle service does not retrain on old data).
+cycle started (either trigger needs at least one fresh MAG, so an idle service does not retrain on old data), and
+only while the service answers `/ready`: a cycle evaluates and promotes through it, so one due while the student
+engine is still starting (just after a restart) waits for it instead of failing at once.
 Each cycle runs as a child process (`python -m ray_jobs.cycle`) joined to the service's Ray cluster: it can crash
 or be killed without touching serving, and it is recorded as failed when it does. The jobs table, not this
 object, guarantees that only one runs (a second trigger gets JobRunning).
@@ -42,11 +44,12 @@ def fresh_mags(mags: MagStore, last: Job | None) -> int:
 
 
 class TrainingScheduler:
-    def __init__(self, settings: Settings, jobs: JobStore, mags: MagStore, *, url: str,
+    def __init__(self, settings: Settings, jobs: JobStore, mags: MagStore, *, url: str, ready: Callable[[], bool],
                  ray_address: str | None = None, controls: Controls | None = None,
                  launcher: Callable[[int, str, Path, dict[str, str]], subprocess.Popen[bytes]] = launch_cycle) -> None:
+        """`ready`: whether the service at `url` serves (its `/ready`), checked before a periodic cycle starts."""
         self.settings, self.cfg = settings, settings.training
-        self.jobs, self.mags, self.url = jobs, mags, url
+        self.jobs, self.mags, self.url, self.ready = jobs, mags, url, ready
         self.ray_address, self.controls = ray_address, controls
         self.launcher = launcher
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -121,6 +124,9 @@ class TrainingScheduler:
             log.error("training job %d recorded as failed (dead or overdue)", job_id)
         paused = self.controls is not None and self.controls.paused()
         if self.cfg.enabled and not paused and (reason := self.due()) is not None:
+            if not self.ready():
+                log.info("training cycle due (%s), waiting for the service to be ready", reason)
+                return
             log.info("training cycle due: %s", reason)
             self.trigger("schedule")
 

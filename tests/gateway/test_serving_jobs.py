@@ -38,7 +38,8 @@ def test_train_list_get_cancel(tmp_path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'd.db'}")
     db.create_all()
     jobs = JobStore(db)
-    sched = TrainingScheduler(Settings(data_dir=tmp_path), jobs, MagStore(db), url="http://x", launcher=sleeper)
+    sched = TrainingScheduler(Settings(data_dir=tmp_path), jobs, MagStore(db), url="http://x", ready=lambda: True,
+                              launcher=sleeper)
     svc = JobsService(jobs, InProcessScheduler(sched))
 
     async def scenario() -> None:

@@ -43,7 +43,7 @@ def parts(tmp_path):
 
 def test_due_on_fresh_mags_or_time_never_without_fresh_data(parts) -> None:
     settings, jobs, mags = parts
-    sched = TrainingScheduler(settings, jobs, mags, url="http://x", launcher=child("pass"))
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: True, launcher=child("pass"))
     assert sched.due() is None  # no data at all
     usable_mag(mags)
     assert "minutes" in sched.due()  # type: ignore[operator]  # never trained: the time trigger fires
@@ -65,7 +65,8 @@ def test_due_on_fresh_mags_or_time_never_without_fresh_data(parts) -> None:
 
 def test_a_job_process_that_dies_is_recorded_failed_and_frees_the_slot(parts) -> None:
     settings, jobs, mags = parts
-    sched = TrainingScheduler(settings, jobs, mags, url="http://x", launcher=child("import sys; sys.exit(3)"))
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: True,
+                              launcher=child("import sys; sys.exit(3)"))
     job = sched.trigger("api")
     assert jobs.get(job.id).pid == sched.procs[job.id].pid  # type: ignore[union-attr]
     with pytest.raises(JobRunning):
@@ -79,7 +80,8 @@ def test_a_job_process_that_dies_is_recorded_failed_and_frees_the_slot(parts) ->
 
 def test_cancel_kills_the_job_process(parts) -> None:
     settings, jobs, mags = parts
-    sched = TrainingScheduler(settings, jobs, mags, url="http://x", launcher=child("import time; time.sleep(60)"))
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: True,
+                              launcher=child("import time; time.sleep(60)"))
     job = sched.trigger("api")
     proc = sched.procs[job.id]
     assert sched.cancel(job.id)
@@ -111,12 +113,28 @@ def test_cron_trigger_starts_nothing_without_fresh_mags(tmp_path) -> None:
 def test_a_paused_loop_starts_no_cycle_by_itself(parts) -> None:
     settings, jobs, mags = parts
     controls = Controls(jobs.db, cache_s=0)
-    sched = TrainingScheduler(settings, jobs, mags, url="http://x", launcher=child("pass"), controls=controls)
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: True, launcher=child("pass"),
+                              controls=controls)
     for _ in range(3):
         usable_mag(mags)
     controls.pause("maintenance")
     sched.poll()
     assert jobs.list(10) == []  # due, but paused
     controls.resume()
+    sched.poll()
+    assert [j.trigger for j in jobs.list(10)] == ["schedule"]
+
+
+def test_a_due_cycle_waits_for_the_service_to_be_ready(parts) -> None:
+    """Just after a restart the student engine is still starting: a cycle started then would fail at once."""
+    settings, jobs, mags = parts
+    ready = False
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: ready, launcher=child("pass"))
+    for _ in range(3):
+        usable_mag(mags)
+    assert sched.due() is not None
+    sched.poll()
+    assert jobs.list(10) == []  # due, but the service is not ready
+    ready = True
     sched.poll()
     assert [j.trigger for j in jobs.list(10)] == ["schedule"]
