@@ -658,7 +658,16 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with secrets masked (safe to print or log)."""
-        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        shown = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        if self.database_url:  # postgresql+psycopg://user:password@host/db: the password is a secret too
+            try:
+                shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+            except ArgumentError:  # not a URL SQLAlchemy reads: show none of it
+                shown["database_url"] = "**********"
+        return shown
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -237,17 +237,18 @@ class OpenAIAgent:
             return Reply(None, error="bad_response: not a chat completion")
         if data.get("error"):
             return Reply(None, error=f"provider_error: {self._redact(error_message(data['error']))}")
+        # The usage a reply reports is counted (cost, hourly budget) even when the reply holds no answer.
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
-            return Reply(None, error="bad_response: no choices")
+            return Reply(None, *tokens, error="bad_response: no choices")
         try:
             samples = [_sample(c) for c in choices]
         except (TypeError, AttributeError):
-            return Reply(None, error="bad_response: malformed choices")
+            return Reply(None, *tokens, error="bad_response: malformed choices")
         text, finish_reason = _pick(samples)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        reply = Reply(text or None, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
-                      model=data.get("model") or self.model, finish_reason=finish_reason)
+        reply = Reply(text or None, *tokens, model=data.get("model") or self.model, finish_reason=finish_reason)
         if not text:
             cut = " (cut at max_tokens)" if finish_reason == "length" else ""
             reply.error = f"empty_reply: no text in the reply{cut}"

@@ -5,8 +5,6 @@ that teacher)."""
 from __future__ import annotations
 
 import logging
-import socket
-import time
 from typing import Any
 
 import pytest
@@ -28,12 +26,6 @@ KEY = "sk-test-never-in-the-logs-0123456789"
 
 def hosted(url: str, name: str = "hosted", max_tokens: int = 1024, **cfg: Any) -> OpenAIAgent:
     return OpenAIAgent(TeacherConfig(name=name, base_url=url, **cfg), max_tokens=max_tokens)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- provider styles ----------------------------------------------------------------------------------------
@@ -170,36 +162,11 @@ async def test_the_misconfigured_gauge_goes_to_1_and_back_to_0_after_a_success()
 
 
 # ---- retries ------------------------------------------------------------------------------------------------------
-async def test_a_429_waits_for_retry_after_then_succeeds():
-    teacher = HostedTeacher("claude", faults=["rate_limited"], retry_after_s=1)
-    with teacher.serve() as url:
-        t0 = time.monotonic()
-        reply = await hosted(url, max_retries=2).ask(PROMPT, "answer")
-        waited = time.monotonic() - t0
-    assert reply.error is None and len(teacher.requests) == 2
-    assert 0.95 <= waited < 2.5  # Retry-After, not the 0.25-0.75 s jittered backoff of a first retry
-
-
 async def test_5xx_replies_are_retried_until_the_teacher_recovers():
     teacher = HostedTeacher("claude", faults=["server_error", "server_error"])
     with teacher.serve() as url:
         reply = await hosted(url, max_retries=2).ask(PROMPT, "answer")
     assert reply.error is None and len(teacher.requests) == 3
-
-
-async def test_connection_refused_is_retried_with_backoff_then_reported():
-    agent = hosted(f"http://127.0.0.1:{closed_port()}/v1", max_retries=2)
-    t0 = time.monotonic()
-    reply = await agent.ask(PROMPT, "answer")
-    assert reply.text is None and reply.error == "transport: ConnectError"
-    assert time.monotonic() - t0 >= 0.7  # two backoffs: at least 0.25 s and 0.5 s
-
-
-async def test_a_timeout_is_retried_then_reported():
-    teacher = HostedTeacher("openai", delay_s=1.0)
-    with teacher.serve() as url:
-        reply = await hosted(url, timeout_s=0.3, max_retries=1).ask(PROMPT, "answer")
-    assert reply.text is None and reply.error == "timeout" and len(teacher.requests) == 2
 
 
 # ---- bad replies --------------------------------------------------------------------------------------------------

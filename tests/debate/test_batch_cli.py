@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from services.config import DebateConfig
 from services.tasks.arithmetic import solve
 from services.teachers.server import build_teacher_app
@@ -25,9 +23,12 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def question_in(prompt: str) -> str:
+    return prompt.split("<question>\n", 1)[-1].split("\n</question>", 1)[0]
+
+
 def student(prompt: str) -> Script:
-    question = prompt.split("<question>\n", 1)[-1].split("\n</question>", 1)[0]
-    sol = solve(question)
+    sol = solve(question_in(prompt))
     if sol is not None and len(sol.steps) == 1:
         return Script(f"### Answer\nEasy.\nFinal answer: {sol.answer}")
     return Script("### Answer\nHmm.\nFinal answer: 3")
@@ -41,10 +42,10 @@ def test_batch_debates_over_a_labelled_file_with_progress_and_summary(tmp_path: 
     rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(set(r) == {"question", "answer", "steps"} for r in rows)
 
-    app = scripted_app(student)
+    asked: list[str] = []  # every prompt the student was given
+    app = scripted_app(student, asked)
     app.get("/ready")(lambda: {"status": "ready"})
     app.mount("/teachers", build_teacher_app(DebateConfig().teachers))
-    assert isinstance(app, FastAPI)
     with serve_app(app) as url:
         out = run_cli(env, "debate", "--dataset", str(tmp_path / "eval.jsonl"), "--limit", "5", "--url", url,
                       "--json")
@@ -55,6 +56,8 @@ def test_batch_debates_over_a_labelled_file_with_progress_and_summary(tmp_path: 
     assert sum(summary["outcomes"].values()) == 5 and summary["reviewed"] == 5 * 3
     assert set(summary["teacher_tokens"]) == {"ref-exact", "ref-offbyone", "ref-sloppy"}
     assert "debates 5/5" in out.stderr  # the progress line
+    # --limit 5 debated the file's first five questions: the student was asked those and nothing else.
+    assert {question_in(p) for p in asked} == {r["question"] for r in rows[:5]}
 
     listed = json.loads(run_cli(env, "mags", "list", "--json").stdout)
     assert len(listed) == 5 and {m["source"] for m in listed} == {"batch:eval.jsonl"}

@@ -22,7 +22,9 @@ def test_unsupported_extras_are_named_and_noop_values_pass():
     assert err.status == 400 and err.param == "echo" and err.body()["error"]["code"] == "unsupported_parameter"
     ok = parse_body(b'{"model": "m", "messages": [{"role":"user","content":"x"}], "logprobs": false, '
                     b'"metadata": {"a": "b"}}', ChatCompletionRequest)
-    assert isinstance(ok, ChatCompletionRequest)
+    assert isinstance(ok, ChatCompletionRequest)  # the request as sent, its no-op extra and metadata kept
+    assert ok.model_dump(exclude_unset=True) == {"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                 "metadata": {"a": "b"}, "logprobs": False}
 
 
 def test_content_parts_and_stop_normalisation():
