@@ -3,7 +3,8 @@
 Leases make it crash-safe: a claimed item carries `lease_until`, renewed while its debate runs. When a worker
 dies (a killed service), its items' leases lapse; the next worker to start (or any live one) marks their
 half-recorded debates `interrupted` (kept for audit, never used for training) and re-queues the items, up to
-`max_attempts`. No captured request is dropped silently: it ends `done` or `failed` with the reason.
+`max_attempts` (a question longer than the student's context fails at once: another attempt would fail alike). No
+captured request is dropped silently: it ends `done` or `failed` with the reason.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class DebateWorker:
                 log.exception("debate of capture item %d failed", item.id)
                 ok, error = False, f"{type(e).__name__}: {e}"[:500]
         try:
+            # A question the student's context cannot hold fails the same way every time: no second attempt.
+            permanent = error is not None and "context_length_exceeded" in error
             await asyncio.to_thread(self.store.finish_item, item.id, ok=ok, error=error,
-                                    max_attempts=self.cfg.max_attempts)
+                                    max_attempts=1 if permanent else self.cfg.max_attempts)
         finally:
             self.running.pop(item.id, None)
             self.finished += 1
