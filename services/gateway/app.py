@@ -12,11 +12,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.capture.policy import CapturePolicy, CaptureSink, NullSink
@@ -26,6 +28,11 @@ from services.gateway.errors import ApiError, model_not_found
 from services.gateway.generation import GenerationService, Served
 from services.gateway.metrics import ServingMetrics
 from services.gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
     FeedbackRequest,
     LoadLoRARequest,
     ModelCard,
@@ -64,6 +71,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# A training job's id: the store's 64-bit key (a larger number would fail in the database, not as a 4xx).
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_SCHEMAS = "#/components/schemas/{model}"
+# Routes that read their raw body (to bound its size while reading) and parse it themselves: FastAPI cannot see
+# their body models, so the OpenAPI schema names them here and `_openapi` adds them to its components.
+_RAW_BODIES: tuple[type[BaseModel], ...] = (ChatCompletionRequest, CompletionRequest)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "Refused, in OpenAI's error shape"},
+    "5XX": {"model": ErrorResponse, "description": "Failed, in OpenAI's error shape"},
+}
+
+
+def _raw_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route whose handler parses its raw body as `model`."""
+    ref = {"$ref": _SCHEMAS.format(model=model.__name__)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _generated(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The responses of a generation route: `model` as JSON, or with `stream` server-sent events (the schema of
+    one event, as OpenAPI 3.1 reads it), each chunk as JSON in `data`, then `[DONE]`."""
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+    return {200: {"model": model, "content": {"text/event-stream": {"schema": event}}}}
+
+
+def _openapi(app: FastAPI) -> Any:
+    """The app's `openapi()`, with the models of the raw-body routes among its component schemas."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _, defs = models_json_schema([(m, "validation") for m in _RAW_BODIES], ref_template=_SCHEMAS)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        return app.openapi_schema  # type: ignore[return-value]
+
+    return openapi
+
+
 def _respond(result: Served | ApiError | dict[str, Any]) -> Response:
     if isinstance(result, ApiError):
         return result.response()
@@ -95,7 +141,8 @@ def build_app(
     """`store`: the capture queue, for /v1/feedback. `extra_metrics`: more exposition appended to /metrics (the
     debate worker's, the training scheduler's). `jobs`: /admin/train and /admin/jobs. `echo_request_id=False`
     behind Ray Serve, whose proxy already returns x-request-id."""
-    app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None, responses=_ERRORS)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     metrics = metrics or ServingMetrics()
     auth = Auth(settings.server)
     capture = CapturePolicy(settings.capture, sink or NullSink(), task_rates={
@@ -156,11 +203,13 @@ def build_app(
                 "headers": {k: v for k, v in request.headers.items() if k.startswith("x-distillery-")}}
 
     # ---- OpenAI API -------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions", dependencies=[client])
+    @app.post("/v1/chat/completions", dependencies=[client], openapi_extra=_raw_body(ChatCompletionRequest),
+              responses=_generated(ChatCompletionResponse))
     async def chat_completions(request: Request) -> Response:
         return _respond(await chat.create(await read_body(request, limit), **ctx(request)))
 
-    @app.post("/v1/completions", dependencies=[client])
+    @app.post("/v1/completions", dependencies=[client], openapi_extra=_raw_body(CompletionRequest),
+              responses=_generated(CompletionResponse))
     async def create_completion(request: Request) -> Response:
         return _respond(await completions.create(await read_body(request, limit), **ctx(request)))
 
@@ -174,18 +223,18 @@ def build_app(
                   for a in m["loaded"]]
         return cards
 
-    @app.get("/v1/models", dependencies=[client])
+    @app.get("/v1/models", dependencies=[client], responses={200: {"model": ModelList}})
     async def list_models() -> Response:
         return JSONResponse(ModelList(data=await model_cards()).model_dump())
 
-    @app.get("/v1/models/{model_id:path}", dependencies=[client])
+    @app.get("/v1/models/{model_id:path}", dependencies=[client], responses={200: {"model": ModelCard}})
     async def get_model(model_id: str) -> Response:
         for card in await model_cards():
             if card.id == model_id:
                 return JSONResponse(card.model_dump())
         return model_not_found(model_id).response()
 
-    @app.post("/v1/feedback", dependencies=[client])
+    @app.post("/v1/feedback", dependencies=[client], status_code=202)
     async def post_feedback(body: FeedbackRequest) -> Response:
         result = await feedback.record(body)
         return result.response() if isinstance(result, ApiError) else JSONResponse(result, status_code=202)
@@ -211,7 +260,7 @@ def build_app(
     async def promote(version: str, body: PromoteRequest | None = None) -> Response:
         return _respond(await adapters.promote(version, body.reason if body else None))
 
-    @app.post("/admin/train", dependencies=[admin])
+    @app.post("/admin/train", dependencies=[admin], status_code=202)
     async def train() -> Response:
         result = await jobs.train()
         return result.response() if isinstance(result, ApiError) else JSONResponse(result, status_code=202)
@@ -221,11 +270,11 @@ def build_app(
         return _respond(await jobs.list(max(1, min(limit, 500))))
 
     @app.get("/admin/jobs/{job_id}", dependencies=[admin])
-    async def get_job(job_id: int) -> Response:
+    async def get_job(job_id: JobId) -> Response:
         return _respond(await jobs.get(job_id))
 
     @app.post("/admin/jobs/{job_id}/cancel", dependencies=[admin])
-    async def cancel_job(job_id: int) -> Response:
+    async def cancel_job(job_id: JobId) -> Response:
         return _respond(await jobs.cancel(job_id))
 
     @app.get("/admin/distillation", dependencies=[admin])
@@ -254,7 +303,7 @@ def build_app(
             return ApiError(503, f"student engine not ready: {type(e).__name__}", None, "not_ready").response()
         return JSONResponse({"status": "ready", "serving": m["promoted"], "base_model": m["base"]})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         # Read from the registry at scrape time: promotions by a training job or another replica show too.
         promoted = await asyncio.to_thread(registry.promoted)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 
 def _id(prefix: str) -> str:
@@ -42,16 +42,60 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+def _nullable(*schemas: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [*schemas, {"type": "null"}]})
+
+
+# The schemas of fields whose validators check more than their types say (the API's documented limits).
+_STOP = _nullable({"type": "string", "minLength": 1},
+                  {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4})
+_METADATA = _nullable({"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 64},
+                       "additionalProperties": {"type": "string", "maxLength": 512}})
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+_PROMPT = WithJsonSchema({
+    "anyOf": [{"type": "string", "minLength": 1},
+              {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+              _TOKEN_IDS, {"type": "array", "minItems": 1, "items": _TOKEN_IDS}],
+    "description": "Text, texts, or token ids of the model's vocabulary (one prompt or several).",
+})
+
+
+# Extra OpenAI fields we accept only at their no-op value (None: any value); anything else is refused with a 400.
+_NOOP_EXTRAS: dict[str, tuple[Any, ...] | None] = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None, True, False),
+    "response_format": (None, {"type": "text"}),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "store": None,
+    "service_tier": None,
+}
+
+
+def _document_extras(schema: dict[str, Any]) -> None:
+    """The JSON Schema of the extra fields as `unsupported_param` takes them: each at its no-op values, no other."""
+    for key, allowed in _NOOP_EXTRAS.items():
+        schema["properties"][key] = {} if allowed is None else {"enum": list(allowed)}
+    schema["additionalProperties"] = False
+
+
 class SamplingFields(BaseModel):
     """Fields shared by both generation endpoints."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_extras)
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, _STOP] = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -71,29 +115,11 @@ class SamplingFields(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stops
 
-    # Extra OpenAI fields we accept only at their no-op value; anything else is refused with a 400.
-    _NOOP_EXTRAS: dict[str, tuple[Any, ...]] = {
-        "logprobs": (None, False, 0),
-        "top_logprobs": (None, 0),
-        "tools": (None, []),
-        "tool_choice": (None, "none"),
-        "functions": (None, []),
-        "function_call": (None, "none"),
-        "parallel_tool_calls": (None, True, False),
-        "response_format": (None, {"type": "text"}),
-        "echo": (None, False),
-        "suffix": (None, ""),
-        "best_of": (None, 1),
-        "logit_bias": (None, {}),
-        "store": None,
-        "service_tier": None,
-    }
-
     def unsupported_param(self) -> str | None:
         for key, value in (self.model_extra or {}).items():
-            if key not in self._NOOP_EXTRAS:
+            if key not in _NOOP_EXTRAS:
                 return key
-            allowed = self._NOOP_EXTRAS[key]
+            allowed = _NOOP_EXTRAS[key]
             if allowed is not None and value not in allowed:
                 return key
         return None
@@ -103,7 +129,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    metadata: dict[str, str] | None = Field(
+    metadata: Annotated[dict[str, str] | None, _METADATA] = Field(
         None, description="OpenAI's request metadata (at most 16 pairs, keys <= 64 and values <= 512 characters); "
         "`task` names the request's task profile.",
     )
@@ -127,7 +153,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Annotated[str | list[str] | list[int] | list[list[int]], _PROMPT]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
 
     def token_limit(self) -> int | None:
@@ -214,7 +240,22 @@ class PromoteRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     """POST /v1/feedback: the correct answer to an earlier request, for its debate (Distillery extension)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # One of the two keys, not empty, names the request (checked by the service, said here for the schema).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": [key], "properties": {key: {"type": "string", "minLength": 1}}} for key in ("request_id", "id")]})
     request_id: str | None = Field(None, max_length=160, description="The `x-request-id` of the response.")
     id: str | None = Field(None, max_length=160, description="Or the completion's `id` (chatcmpl-...).")
     answer: str = Field(min_length=1, max_length=2000, description="The correct final answer.")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, as OpenAI writes it (`errors.ApiError`)."""
+
+    error: ErrorBody

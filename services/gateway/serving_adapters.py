@@ -23,6 +23,17 @@ def _api_error(f: Failed) -> ApiError:
     return ApiError(f.status, f.message, f.param, f.code)
 
 
+def _local_path(path: str) -> Path | ApiError:
+    """A client's `lora_path` resolved on this machine; a 400 for text that is no path here (a NUL byte, a name too
+    long for the filesystem, `~user` of an unknown user), which the registry would fail on with a 500."""
+    try:
+        src = Path(path).expanduser().resolve()
+        src.is_dir()  # raises for a name too long, where a missing folder is only False
+    except (ValueError, OSError, RuntimeError) as e:
+        return bad_request(f"lora_path is not a usable path: {e}", "lora_path", "invalid_adapter")
+    return src
+
+
 class AdapterService:
     def __init__(self, registry: AdapterRegistry, student: StudentClient, metrics: ServingMetrics) -> None:
         self.registry = registry
@@ -57,9 +68,12 @@ class AdapterService:
         """vLLM-compatible: a new path is published as the next version (labelled lora_name), then loaded."""
         name = body.lora_name
         if body.lora_path:
+            src = await asyncio.to_thread(_local_path, body.lora_path)
+            if isinstance(src, ApiError):
+                return src
             try:
                 version = await asyncio.to_thread(
-                    self.registry.publish, Path(body.lora_path),
+                    self.registry.publish, src,
                     label=None if name.startswith(f"{self.registry.served_name}@") else name,
                 )
             except AdapterInvalid as e:

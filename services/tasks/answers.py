@@ -824,9 +824,22 @@ def _same_number(answer: str, gold: str) -> bool:
         return bool(_norm_text(answer)) and _norm_text(answer) == _norm_text(gold)
     _, verify = _math_verify()
     try:
-        return bool(verify(list(g), list(a), timeout_seconds=None))
+        if verify(list(g), list(a), timeout_seconds=None):
+            return True
     except Exception:
         return False
+    # math-verify reads `12.5%` as 0.125, and matches it with a plain `12.5` by its text alone: the percentage of
+    # a plain number is compared as that number, so `12.50%` (or `42%` and `42.0`) matches as well.
+    percent_a, percent_g = _percent_of(answer), _percent_of(gold)
+    if (percent_a is None) != (percent_g is None):
+        return _same_number(percent_a or answer, percent_g or gold)
+    return False
+
+
+def _percent_of(s: str) -> str | None:
+    """The number of a percentage (`12.50%` -> `12.50`); None for anything else."""
+    m = re.fullmatch(r"(.*\d)[ \t]*%", _math_form(s))
+    return m.group(1) if m else None
 
 
 _SCORE_LABEL = r"(?:score|rating|grade|evaluation|overall)"
