@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray_jobs.evaluate.evaluator import EvalResult, combine, evaluate, load_slices
@@ -36,6 +37,9 @@ from services.student.tokenizer import PromptTokenizer
 
 log = logging.getLogger("distillery.cycle")
 HEARTBEAT_S = 10.0
+# A test hook: when this variable names a file holding a phase's name, the cycle stops on entering that phase (for
+# an hour), so a test can kill it there. Unset in production.
+PAUSE_FILE_ENV = "DISTILLERY_CYCLE_PAUSE_FILE"
 
 
 @dataclass
@@ -106,6 +110,10 @@ class Cycle:
     def phase(self, name: str, **values: Any) -> None:
         self.progress(f"[job {self.job_id}] {name}")
         self.jobs.set(self.job_id, phase=name, **values)
+        pause = os.environ.get(PAUSE_FILE_ENV)
+        if pause and Path(pause).is_file() and Path(pause).read_text().strip() == name:
+            self.progress(f"[job {self.job_id}] paused on entering {name} ({PAUSE_FILE_ENV})")
+            time.sleep(3600)
 
     def run(self) -> CycleResult:
         t = self.settings.training
