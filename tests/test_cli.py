@@ -14,9 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,68 +23,26 @@ import pytest
 from services.cli import main
 from services.config import Settings, StudentConfig
 from services.debate import prompts
-from services.gateway.app import build_app
-from services.gateway.student_client import LocalStudentClient
-from services.registry import AdapterRegistry
 from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore
-from services.student.engine import StudentEngine
-from services.student.model_prep import base_model_id
-from services.student.tokenizer import PromptTokenizer
 from services.tasks.answers import read_answer, same_answer
 from services.tasks.arithmetic import generate
 from tests.conftest import free_port
-from tests.http_servers import serve_app, wait_for
+from tests.gateway_app import Gateway, serve_gateway
+from tests.http_servers import wait_for
 
 ADMIN_KEY = "sk-admin-cli-test-0123456789"
 
 
-class AdapterEngine:
-    """vLLM's AsyncLLM as far as adapters go: records what it loads and drops."""
-
-    def __init__(self) -> None:
-        self.model_config = SimpleNamespace(max_model_len=512, get_diff_sampling_param=lambda: {})
-        self.added: list[str] = []
-        self.removed: list[int] = []
-
-    async def add_lora(self, request: Any) -> bool:
-        self.added.append(request.lora_name)
-        return True
-
-    async def remove_lora(self, lora_id: int) -> bool:
-        self.removed.append(lora_id)
-        return True
-
-
-@dataclass
-class Service:
-    url: str
-    settings: Settings
-    registry: AdapterRegistry
-    vllm: AdapterEngine
-    base_id: str
-
-
 @pytest.fixture
-def service(tmp_path: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+def service(tmp_path: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     """The service's API in this process; the CLI's environment points at its data dir and admin key."""
     monkeypatch.setenv("DISTILLERY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DISTILLERY_SERVER__ADMIN_KEY", ADMIN_KEY)
     monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
-    settings = Settings()
-    db = Database(settings.db_url)
-    db.create_all()
-    base_id = base_model_id(model_dir)
-    registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_dir)
-    vllm = AdapterEngine()
-    engine = StudentEngine(settings, model_path=model_dir, base_id=base_id, registry=registry,
-                           engine_factory=lambda _args: vllm)
-    engine.engine = vllm
-    app = build_app(settings, student=LocalStudentClient(engine), tokenizer=PromptTokenizer(model_dir),
-                    registry=registry, controls=Controls(db))
-    with serve_app(app) as url:
-        yield Service(url, settings, registry, vllm, base_id)
+    with serve_gateway(Settings(), model_dir) as gateway:
+        yield gateway
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -1,0 +1,64 @@
+"""The real gateway app (`build_app`) in this process, on a real HTTP server on 127.0.0.1: a real registry, store
+and `StudentEngine` in the settings' data dir, with only vLLM's engine replaced by one that records the adapters it
+is given (no generation). For the admin API and auth, where starting vLLM would only cost time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from services.config import Settings
+from services.gateway.app import build_app
+from services.gateway.student_client import LocalStudentClient
+from services.registry import AdapterRegistry
+from services.store.controls import Controls
+from services.store.db import Database
+from services.student.engine import StudentEngine
+from services.student.model_prep import base_model_id
+from services.student.tokenizer import PromptTokenizer
+from tests.http_servers import serve_app
+
+
+class AdapterEngine:
+    """vLLM's AsyncLLM as far as adapters go: records what it loads and drops."""
+
+    def __init__(self) -> None:
+        self.model_config = SimpleNamespace(max_model_len=512, get_diff_sampling_param=lambda: {})
+        self.added: list[str] = []
+        self.removed: list[int] = []
+
+    async def add_lora(self, request: Any) -> bool:
+        self.added.append(request.lora_name)
+        return True
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        self.removed.append(lora_id)
+        return True
+
+
+@dataclass
+class Gateway:
+    url: str
+    settings: Settings
+    registry: AdapterRegistry
+    vllm: AdapterEngine
+    base_id: str
+
+
+@contextmanager
+def serve_gateway(settings: Settings, model_dir: str) -> Iterator[Gateway]:
+    db = Database(settings.db_url)
+    db.create_all()
+    base_id = base_model_id(model_dir)
+    registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_dir)
+    vllm = AdapterEngine()
+    engine = StudentEngine(settings, model_path=model_dir, base_id=base_id, registry=registry,
+                           engine_factory=lambda _args: vllm)
+    engine.engine = vllm
+    app = build_app(settings, student=LocalStudentClient(engine), tokenizer=PromptTokenizer(model_dir),
+                    registry=registry, controls=Controls(db))
+    with serve_app(app) as url:
+        yield Gateway(url, settings, registry, vllm, base_id)
