@@ -61,7 +61,7 @@ def admin(service, path: str, body=None) -> httpx.Response:
 
 
 def test_load_registers_versions_and_lists_them(service, client, versions):
-    assert sorted(versions.values()) == sorted({"student@v1", "student@v2"} & set(versions.values()))
+    assert sorted(versions.values()) == ["student@v1", "student@v2"]
     ids = [m.id for m in client.models.list().data]
     for v in versions.values():
         assert v in ids
@@ -78,7 +78,6 @@ def test_load_registers_versions_and_lists_them(service, client, versions):
 
 def test_exact_version_and_label_select_the_adapter(client, versions):
     for word, v in versions.items():
-        assert probe(client, v) == (v, probe(client, v)[1])
         header, text = probe(client, v)
         assert header == v and word in text
         header, text = probe(client, word.lower())  # the lora_name given at load time also works
