@@ -97,3 +97,31 @@ def test_weighted_tokens_per_query_are_bounded() -> None:
     assert not d.promote and "tokens per query 111.0 exceed the bound 110.0" in d.reason
     assert decide(per_task("student@v2", {"a": 0.9, "b": 0.9}, w, tokens=110.0), base,
                   GateSettings(max_tokens_increase=0.10), TOL).promote
+
+
+def test_every_refusal_is_false_and_the_reason_reads_whole() -> None:
+    w = {"a": 3.0, "b": 1.0}
+    base = per_task("student@v1", {"a": 0.50, "b": 0.80}, w)
+    fall = decide(per_task("student@v2", {"a": 0.90, "b": 0.70}, w), base, GateSettings(min_accuracy_gain=0.02), TOL)
+    assert fall.promote is False
+    assert fall.reason == ("task b falls 0.100, past its tolerance 0.050: accuracy 0.850 vs 0.575 (student@v1), "
+                           "tokens/query 100.0 vs 100.0 [a 0.900 vs 0.500; b 0.700 vs 0.800]")
+    cfg = GateSettings(min_accuracy_gain=0.02, max_tokens_increase=0.10)
+    one = result("student@v1", 0.40, 100)  # one slice, no per-task results: no bracket
+    assert decide(result("student@v2", 0.40, 100, "other"), one, cfg).promote is False
+    small = decide(result("student@v2", 0.41, 100), one, cfg)
+    assert small.promote is False and small.reason == (
+        "accuracy gain +0.010 below the required +0.020: accuracy 0.410 vs 0.400 (student@v1), "
+        "tokens/query 100.0 vs 100.0")
+    costly = decide(result("student@v2", 0.60, 111), one, cfg)
+    assert costly.promote is False and costly.reason.startswith("tokens per query 111.0 exceed the bound 110.0 (+10%)")
+    ok = decide(result("student@v2", 0.43, 105), one, cfg)
+    assert ok.promote is True and ok.reason == (
+        "accuracy gain +0.030 >= +0.020: accuracy 0.430 vs 0.400 (student@v1), tokens/query 105.0 vs 100.0")
+
+
+def test_tokens_exactly_at_the_bound_pass() -> None:
+    # "rise by at most": a candidate whose tokens equal the bound (100 * 1.5, exact in floating point) is promoted.
+    cfg = GateSettings(min_accuracy_gain=0.0, max_tokens_increase=0.5)
+    assert decide(result("student@v2", 0.5, 150), result("student@v1", 0.5, 100), cfg).promote
+    assert not decide(result("student@v2", 0.5, 150.5), result("student@v1", 0.5, 100), cfg).promote

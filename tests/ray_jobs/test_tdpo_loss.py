@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import datasets
 import pytest
@@ -78,9 +79,38 @@ def test_tree_batched_loss_equals_trl_dpo_on_identical_pairs(models, tmp_path, b
 
 def test_weights_default_to_the_plain_mean_and_reweight_when_given():
     pc, pr, rc, rr = (torch.tensor(v) for v in ([1.0, 2.0], [0.5, 2.5], [0.8, 2.2], [0.4, 2.0]))
+    # Eq. 7 by hand: logits = (pc - rc) - (pr - rr) = [0.2 - 0.1, -0.2 - 0.5] = [0.1, -0.7]; loss = -log sigmoid(b*z).
+    per_pair = [math.log1p(math.exp(-0.1 * z)) for z in (0.1, -0.7)]
     plain = dpo_sigmoid_loss(pc, pr, rc, rr, 0.1)
+    assert plain.item() == pytest.approx(sum(per_pair) / 2, abs=1e-6)
     assert torch.isclose(plain, dpo_sigmoid_loss(pc, pr, rc, rr, 0.1, torch.ones(2)))
     skewed = dpo_sigmoid_loss(pc, pr, rc, rr, 0.1, torch.tensor([1.0, 3.0]))
-    assert not torch.isclose(plain, skewed)
-    with pytest.raises(ValueError, match="beta"):
-        TreeDPOLoss(0)
+    assert skewed.item() == pytest.approx((per_pair[0] + 3 * per_pair[1]) / 4, abs=1e-6)  # the weighted mean
+    # A normalizer replaces the weights' sum: one tree of a batch whose total weight is 10.
+    part = dpo_sigmoid_loss(pc, pr, rc, rr, 0.1, torch.tensor([1.0, 3.0]), normalizer=10.0)
+    assert part.item() == pytest.approx((per_pair[0] + 3 * per_pair[1]) / 10, abs=1e-6)
+    assert dpo_sigmoid_loss(pc, pr, rc, rr, 0.1, normalizer=4.0).item() == pytest.approx(sum(per_pair) / 4, abs=1e-6)
+    # beta scales the log-ratio margin; a policy equal to its reference scores log 2 whatever beta is.
+    assert dpo_sigmoid_loss(pc, pr, rc, rr, 0.5).item() == pytest.approx(
+        sum(math.log1p(math.exp(-0.5 * z)) for z in (0.1, -0.7)) / 2, abs=1e-6)
+    assert dpo_sigmoid_loss(pc, pr, pc, pr, 0.5).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_tree_loss_scores_each_pair_from_the_children_it_indexes():
+    policy = torch.tensor([-1.0, -2.0, -4.0, -3.0])  # children 0, 1 chosen; 2, 3 rejected
+    ref = torch.tensor([-1.5, -2.0, -3.0, -3.5])
+    chosen, rejected = torch.tensor([0, 0, 1]), torch.tensor([2, 3, 3])
+    loss = TreeDPOLoss(0.5)(policy, ref, chosen, rejected)
+    expected = dpo_sigmoid_loss(policy[chosen], policy[rejected], ref[chosen], ref[rejected], 0.5)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    z = [(0.5 - (-1.0)), (0.5 - 0.5), (0.0 - 0.5)]  # per pair: chosen log-ratio - rejected log-ratio
+    assert loss.item() == pytest.approx(sum(math.log1p(math.exp(-0.5 * v)) for v in z) / 3, abs=1e-6)
+    weighted = TreeDPOLoss(0.5)(policy, ref, chosen, rejected, torch.tensor([2.0, 1.0, 1.0]), 8.0)
+    assert weighted.item() == pytest.approx(
+        sum(w * math.log1p(math.exp(-0.5 * v)) for w, v in zip((2, 1, 1), z, strict=True)) / 8, abs=1e-6)
+    # Swapping chosen and rejected is a different (worse) loss: the direction matters.
+    assert TreeDPOLoss(0.5)(policy, ref, rejected, chosen).item() > loss.item()
+    assert TreeDPOLoss().beta == 0.1 and TreeDPOLoss(2.0).beta == 2.0  # D&R's default; any positive beta
+    for bad in (0, -0.1):
+        with pytest.raises(ValueError, match="beta must be positive"):
+            TreeDPOLoss(bad)

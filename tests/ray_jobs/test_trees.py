@@ -279,3 +279,96 @@ def test_a_task_without_reasoning_trains_its_app_format_only(store: MagStore) ->
     assert [(t.chosen, t.rejected) for t in lean.trees] == [(t.chosen, t.rejected) for t in full.trees]
     other = build([mag], seed=0, without_reasoning=frozenset({"some-other-task"}))
     assert sorted(i.kind for i in other.sft) == ["app", "explanation", "rationale"]
+
+
+def test_summary_counts_what_was_built(store: MagStore) -> None:
+    data = build([intent_mag(store)], seed=0)
+    assert data.pairs == 1
+    assert data.summary() == {"mags": 1, "trees": 1, "pairs": 1, "sft": 2, "mags_gold_feedback": 1,
+                              "round_0_correct_not_accepted": 0, "round_0_nodes": 1, "round_0_pairs": 1,
+                              "sft_app": 1, "sft_rationale": 1}
+    assert list(data.summary())[4:] == sorted(data.counts)  # the counts follow the totals, sorted by name
+
+
+@pytest.mark.parametrize(("served", "extra"), [
+    ("I think this is about a card that has not arrived yet.", True),  # prose: the app reads no label from it
+    ("card_linking", True),  # a wrong label
+    ("card_arrival", False),  # the gold alone: the app read it right
+    ('"card_arrival".', False),  # quotes and a period are what the app forgives
+    ("   ", False),  # nothing served
+])
+def test_the_students_served_reply_is_rejected_when_the_app_would_not_read_the_gold(store: MagStore, served: str,
+                                                                                    extra: bool) -> None:
+    import dataclasses
+
+    mag = dataclasses.replace(intent_mag(store), served_output=served)
+    [node] = build([mag], seed=0).trees
+    expected = ["card_delivery_estimate"] + ([served.strip()] if extra else [])
+    assert node.chosen == ["card_arrival"] and node.rejected == expected
+    assert node.pairs == [(0, j) for j in range(len(expected))]
+
+
+def test_nodes_without_pairs_are_counted_per_node(store: MagStore) -> None:
+    mags = [intent_mag(store, rid=f"r-{i}", accepted=False) for i in range(3)]
+    data = build(mags, seed=0)
+    assert data.trees == [] and data.counts["round_0_nodes_without_pairs"] == 3
+
+
+def test_a_later_rounds_node_is_the_students_debate_prompt_without_the_clients_messages(store: MagStore) -> None:
+    from services.store.mags import Node
+
+    messages = [{"role": "system", "content": "Solve it, then write `Final answer: X`."},
+                {"role": "user", "content": "What is 2 + 3?"}]
+    mag = task_mag(store, "r-deep", "number", "5", messages, [
+        ("teacher-a", "teacher", "5", True, True), ("student", "student", "6", False, None)])
+    # Round 1: each agent saw the same blocks in its own order; the teacher's turn is stored first.
+    store.add_nodes(mag.id, [
+        Node(1, "teacher-a", "teacher", "answer", "### Answer\nStill 5.\nFinal answer: 5", "ok", answer="5",
+             correct=True, accepted=True, prompt="<question>2 + 3</question> blocks in the teacher's order"),
+        Node(1, "student", "student", "answer", "### Answer\nStill 6.\nFinal answer: 6", "ok", answer="6",
+             correct=False, prompt="<question>2 + 3</question> blocks in the student's order")])
+    store.update_debate(mag.id, rounds=2)
+    data = build([store.get(mag.id)], seed=0)
+    first, second = data.trees
+    assert (first.round, first.messages) == (0, messages)
+    assert second.round == 1 and second.messages is None  # the debate prompt is one user message
+    assert second.prompt == "<question>2 + 3</question> blocks in the student's order"
+
+
+def test_node_and_pair_counts_add_up_over_mags(store: MagStore) -> None:
+    data = build([intent_mag(store, rid=f"r-{i}") for i in range(3)], seed=0)
+    assert (data.counts["round_0_nodes"], data.counts["round_0_pairs"]) == (3, 3) == (len(data.trees), data.pairs)
+
+
+def test_skipped_mags_are_counted_by_why_and_kept_mags_by_id(store: MagStore) -> None:
+    import dataclasses
+
+    mag = intent_mag(store)
+    unusable = dataclasses.replace(intent_mag(store, rid="r-2"), usable=False)
+    no_gold = dataclasses.replace(intent_mag(store, rid="r-3"), gold=None)
+    data = build([mag, unusable, no_gold], seed=0, gold_weights={"feedback": 0.5})
+    assert data.mag_ids == [mag.id]
+    assert data.counts["mags_skipped_unusable"] == 2 and data.counts["mags_skipped_weight_0"] == 0
+
+
+def test_rationales_keep_to_the_rounds_asked_and_a_task_without_a_name_is_the_default(store: MagStore) -> None:
+    import dataclasses
+
+    mag = intent_mag(store)
+    assert [i.kind for i in build([mag], seed=0, sft_rounds={1}).sft] == ["app"]  # no round-1 answers
+    assert sorted(i.kind for i in build([mag], seed=0, sft_rounds={0}).sft) == ["app", "rationale"]
+    unnamed = dataclasses.replace(mag, task=None)
+    assert [i.kind for i in build([unnamed], seed=0, without_reasoning=frozenset({"default"})).sft] == ["app"]
+
+
+def test_a_graded_answer_is_trained_in_the_answer_format_whatever_its_agent_wrote() -> None:
+    from ray_jobs.trees.build import answer_text
+    from services.debate.prompts import reasoning_of
+    from services.store.mags import Node
+
+    text = "Two plus three.\n\n**Final Answer:** $5$"
+    node = Node(0, "teacher-a", "teacher", "answer", text, "ok", answer="5", correct=True)
+    assert answer_text(node) == f"### Answer\n{reasoning_of(text)}\nFinal answer: 5"
+    assert answer_text(node) != text.strip()
+    unparsed = Node(0, "student", "student", "answer", "  I could not finish.  ", "unparsed")
+    assert answer_text(unparsed) == "I could not finish."  # no answer: the raw reply, never `Final answer: None`

@@ -5,7 +5,6 @@ HTTP server speaking the S3 protocol on loopback (a stand-in for AWS S3 or MinIO
 from __future__ import annotations
 
 import filecmp
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,11 @@ from services.config import Settings
 from services.registry import AdapterRegistry
 from services.registry.storage import S3Storage, storage_from_settings
 from services.store import Database
-from tests.conftest import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+def s3(s3_endpoint: str) -> str:
+    """The session's S3 server (tests/conftest.py) with an `adapters` bucket."""
     fs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http", region="us-east-1",
                     allow_bucket_creation=True).create_dir("adapters")
     return s3_endpoint
@@ -78,10 +62,22 @@ def test_versions_go_to_the_object_store_and_every_replica_fetches_them_once(s3,
     assert v2.path == "s3://adapters/prod/student@v2"  # a new name, never a rewrite of an old one
 
 
-def test_settings_choose_the_storage(tmp_path) -> None:
-    assert type(storage_from_settings(Settings(data_dir=tmp_path))).__name__ == "LocalStorage"
-    s = Settings(data_dir=tmp_path, storage={"adapters_url": "s3://b/p/", "s3_endpoint_url": "http://127.0.0.1:1"})
-    assert s.storage.adapters_url == "s3://b/p"
-    assert isinstance(storage_from_settings(s), S3Storage)
+def test_settings_choose_the_storage(s3, tmp_path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    local = storage_from_settings(Settings(data_dir=tmp_path / "data"))
+    assert local.put(src, "student@v1") == str(tmp_path / "data" / "adapters" / "student@v1")
+    assert (tmp_path / "data" / "adapters" / "student@v1" / "adapter_config.json").read_text() == "{}"
+    s = Settings(data_dir=tmp_path / "data", storage={"adapters_url": "s3://adapters/p/", "s3_endpoint_url": s3})
+    assert s.storage.adapters_url == "s3://adapters/p"
+    remote = storage_from_settings(s)
+    # The configured bucket, prefix and endpoint: the object lands in the S3 server this test started.
+    assert remote.put(src, "student@v1") == "s3://adapters/p/student@v1"
+    bucket = fs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1")
+    with bucket.open_input_stream("adapters/p/student@v1/adapter_config.json") as f:
+        assert f.read() == b"{}"
+    cached = remote.local("s3://adapters/p/student@v1", "student@v1")
+    assert cached == tmp_path / "data" / "adapter-cache" / "student@v1" and (cached / "adapter_config.json").is_file()
     with pytest.raises(ValidationError, match="s3://bucket/prefix"):
         Settings(storage={"adapters_url": "/mnt/adapters"})

@@ -16,6 +16,8 @@ from services.tasks.answers import (
     AnswerSpec,
     Reading,
     answer_type_of,
+    canonical_answer,
+    gsm8k_gold,
     is_valid,
     json_field_accuracy,
     read_answer,
@@ -538,3 +540,41 @@ def test_hostile_input_returns_promptly(reply):
         is_valid(reply, spec)
     json_field_accuracy(reply, reply)
     assert time.monotonic() - started < 10  # about 0.5 s on a slow machine
+
+
+# --- edges the mutation run (`make mutants`) found untested: each assertion fails for a wrong variant of the readers
+
+def test_canonical_answer_spells_labels_and_json_as_compared() -> None:
+    labels = AnswerSpec("label", INTENTS)
+    assert canonical_answer("Card Arrival", labels) == "card_arrival"
+    assert canonical_answer("card_arrival", labels) == "card_arrival"
+    assert canonical_answer("no such intent", labels) == "no such intent"  # outside the set: as given
+    assert canonical_answer("I don't know", labels) == "I don't know"  # not an answer: as given
+    assert canonical_answer("Final answer: no such intent", labels) == "Final answer: no such intent"  # not valid
+    assert canonical_answer("Final answer: Lost or stolen card", labels) == "lost_or_stolen_card"
+    assert canonical_answer('{ "b": 1,\n "a": [1, 2] }', "json") == '{"a":[1,2],"b":1}'
+    assert canonical_answer("not json at all", "json") == "not json at all"
+    record = AnswerSpec("json", schema=RECORD_SCHEMA)
+    assert canonical_answer('{"unexpected": true}', record) == '{"unexpected": true}'  # schema-invalid: as given
+    # Other types are never rewritten, even when a reader would change them.
+    assert canonical_answer("Final answer: 42", "number") == "Final answer: 42"
+    assert canonical_answer("**C**", "choice") == "**C**"
+    assert canonical_answer("The Eiffel Tower.", "text") == "The Eiffel Tower."
+
+
+def test_gsm8k_gold_is_what_follows_the_last_marker() -> None:
+    assert gsm8k_gold("She has 3 + 4 = <<3+4=7>>7 apples.\n#### 7") == "7"
+    assert gsm8k_gold("Total: 1,000 + 234\n#### 1,234") == "1234"
+    assert gsm8k_gold("x####72") == "72"  # no space around the marker
+    assert gsm8k_gold("a #### b\n#### 5") == "5"  # the last marker wins
+    assert gsm8k_gold("  18 ") == "18"  # no marker: the whole field
+
+
+@pytest.mark.parametrize("field", ["#### -3", "####\t-3\n"])
+def test_gsm8k_gold_keeps_the_sign(field: str) -> None:
+    assert gsm8k_gold(field) == "-3"
+
+
+@pytest.mark.parametrize("reply", ['"card_arrival."', "'card_arrival.'", "\u201ccard_arrival.\u201d"])
+def test_read_for_eval_forgives_a_period_inside_quotes(reply: str) -> None:
+    assert read_for_eval(reply, AnswerSpec("label", INTENTS)) == "card_arrival"
