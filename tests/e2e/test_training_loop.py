@@ -2,10 +2,19 @@
 through the service -> gate -> promotion (hot swap); a worse candidate refused; a killed job changing nothing.
 
 One service, its scheduler's periodic trigger off (cycles start by POST /admin/train and `distillery train
---once`), small training and evaluation sizes so CI stays quick: the numbers are the machinery's, not the
-method's (`distillery experiment` measures the method). Debates and evaluation use one-step problems: in the
-~20 single-thread CPU steps a test can afford, the student learns those (the answer format and one operation),
-so the gain the gate must see is real and not a coin flip; on the full suite it is not (0.125 vs 0.100 here).
+--once`), small training and evaluation sizes so CI stays quick (`distillery experiment` measures the method at
+size). The tests do not take the cycle's word for what it learnt: after each cycle they ask questions no cycle
+saw, through the `openai` client, of the new version and of the base model, and grade the replies themselves (the
+last number in the reply); T-DPO's effect is measured on held-out preference pairs with the stage adapters loaded
+in this process.
+
+What is simulated, and why: the MAGs come from real debates (the engine, three reference teachers over HTTP) whose
+student is a reference agent erring on 70% of its answers, not the served 135M model, and the problems are the
+suite's one-step problems. In the ~20 single-thread CPU steps a test can afford, the student learns those (the
+answer format and one operation): +0.25 on the gate's set, 0.48 vs 0.10 on unseen questions. On the full suite the
+gain is a coin flip at this size (0.125 vs 0.100 measured here); with the served student debating its own mistakes
+(24 questions sent as traffic with labels), one run measured no gain (0.200 vs 0.225), which a test cannot assert.
+`distillery experiment` runs the served student's own debates at size.
 """
 
 from __future__ import annotations
@@ -13,20 +22,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import torch
 
+from ray_jobs.tdpo.packing import Tree
+from ray_jobs.trees.build import build
+from ray_jobs.trees.encode import Encoder
 from services.store.db import Database
 from services.store.mags import MagStore
+from services.student.tokenizer import PromptTokenizer
+from services.tasks.arithmetic import Problem
 from tests.conftest import Service, start_service, stop_service
 from tests.http_servers import wait_for
 from tests.ray_jobs.mags import debate_mags, one_step, poisoned_mags
@@ -64,10 +81,12 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     db.create_all()
     seeded = debate_mags(MagStore(db), 24, simple=True)
     eval_set = data_dir / "eval.jsonl"
-    eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
-                                for p in one_step("eval", 40)))
+    golden = one_step("eval", 40)
+    eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in golden))
     svc = start_service(model_dir, data_dir, {**TRAIN_ENV, **eval_task(eval_set)})
     svc.seeded = seeded  # type: ignore[attr-defined]
+    seen = {p.question for p in golden + one_step("train", 24)}  # the gate's set and the training debates
+    svc.unseen = [p for p in one_step("eval", 120, seed=7) if p.question not in seen][:60]  # type: ignore[attr-defined]
     try:
         yield svc
     finally:
@@ -75,7 +94,7 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def job(svc: Service, job_id: int) -> dict[str, Any]:
-    r = httpx.get(f"{svc.url}/admin/jobs/{job_id}", timeout=30)
+    r = httpx.get(f"{svc.url}/admin/jobs/{job_id}", timeout=30, headers=svc.admin_headers())
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -87,7 +106,7 @@ def wait_job(svc: Service, job_id: int, timeout: float = JOB_TIMEOUT_S) -> dict[
 
 
 def served_adapter(svc: Service) -> str:
-    client = openai.OpenAI(base_url=f"{svc.url}/v1", api_key="none")
+    client = openai.OpenAI(base_url=f"{svc.url}/v1", api_key=svc.admin_key or "none")
     raw = client.chat.completions.with_raw_response.create(
         model="student", messages=[{"role": "user", "content": "Mia has 5 apples. She buys 3 more apples. "
                                     "How many apples does Mia have now?"}], max_tokens=16, temperature=0)
@@ -96,7 +115,63 @@ def served_adapter(svc: Service) -> str:
 
 
 def adapters(svc: Service) -> dict[str, Any]:
-    return httpx.get(f"{svc.url}/admin/adapters", timeout=30).json()
+    r = httpx.get(f"{svc.url}/admin/adapters", timeout=30, headers=svc.admin_headers())
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def accuracy(svc: Service, model: str, problems: list[Problem]) -> float:
+    """The share of `problems` that `model` answers right, graded here: the last number of the reply."""
+    client = openai.OpenAI(base_url=f"{svc.url}/v1", api_key="none", max_retries=5)
+
+    def right(p: Problem) -> bool:
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p.question}],
+                                               max_tokens=96, temperature=0).choices[0].message.content or ""
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", reply.replace(",", ""))
+        return bool(numbers) and float(numbers[-1]) == float(p.answer)
+
+    with ThreadPoolExecutor(16) as pool:
+        return sum(pool.map(right, problems)) / len(problems)
+
+
+def held_out_trees(model_dir: str, tmp: Path) -> list[Tree]:
+    """Preference trees from debates on training problems no cycle trained on, encoded as the cycle encodes."""
+    db = Database(f"sqlite:///{tmp / 'held-out.db'}")
+    db.create_all()
+    store = MagStore(db)
+    debate_mags(store, 8, seed=3, simple=True)
+    mags = store.list(limit=8, with_graph=True, newest_first=False)
+    assert not {m.question for m in mags} & {p.question for p in one_step("train", 24)}
+    data = build(mags)
+    return Encoder(PromptTokenizer(model_dir), 512, 160).trees(data.trees, 1.0, data.counts)
+
+
+def mean_margin(model_dir: str, adapter: Path, trees: list[Tree]) -> float:
+    """Mean over the trees' pairs of log p(chosen) - log p(rejected), summed over completion tokens."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                                      str(adapter)).eval()
+
+    def logps(prompt: list[int], children: list[list[int]]) -> list[float]:
+        """Each child's summed token log-prob after the prompt, in one padded forward pass."""
+        width = len(prompt) + max(map(len, children))
+        ids = torch.zeros(len(children), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(children):
+            ids[i, :len(prompt) + len(c)] = torch.tensor(prompt + c)
+            mask[i, :len(prompt) + len(c)] = 1
+        with torch.no_grad():
+            scores = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+        token = scores.gather(2, ids[:, 1:, None])[..., 0]
+        return [token[i, len(prompt) - 1:len(prompt) - 1 + len(c)].sum().item() for i, c in enumerate(children)]
+
+    margins = []
+    for t in trees:
+        lp = logps(t.prompt_ids, t.children)
+        margins += [lp[c] - lp[r] for c, r in t.pairs]
+    return sum(margins) / len(margins)
 
 
 def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
@@ -119,6 +194,11 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.05
 
     assert served_adapter(service) == "student@v1"  # the hot swap happened
+    # Measured here, on questions no cycle saw: `student` (now v1) against the base model.
+    trained, untrained = accuracy(service, "student", service.unseen), accuracy(service, base, service.unseen)
+    print(f"unseen one-step questions: student@v1 {trained:.3f}, base {untrained:.3f}")
+    assert trained >= untrained + 0.1
+    service.base_accuracy, service.first_job = untrained, job_id  # type: ignore[attr-defined]
     v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
     assert v1["status"] == "promoted"
     assert sorted(v1["lineage"]["mags"]) == sorted(service.seeded)  # type: ignore[attr-defined]
@@ -127,6 +207,16 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
     assert 'distillery_training_runs{outcome="promoted"} 1.0' in metrics
     assert f'distillery_eval_accuracy{{version="student@v1"}} {ev["student@v1"]["accuracy"]}' in metrics
+
+
+def test_tdpo_raises_the_preference_margin_over_sft_on_held_out_pairs(service: Service, model_dir: str,
+                                                                      tmp_path: Path) -> None:
+    trees = held_out_trees(model_dir, tmp_path)
+    assert sum(len(t.pairs) for t in trees) >= 8
+    job_dir = service.data_dir / "jobs" / f"job-{service.first_job}"  # type: ignore[attr-defined]
+    sft, tdpo = (mean_margin(model_dir, job_dir / f"adapter-{stage}", trees) for stage in ("sft", "tdpo"))
+    print(f"held-out pairs: mean chosen-over-rejected log-prob margin SFT {sft:.3f}, T-DPO {tdpo:.3f}")
+    assert tdpo > sft
 
 
 def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, model_dir: str) -> None:
@@ -151,6 +241,10 @@ def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, mode
     assert v2["status"] == "registered" and v2["note"].startswith("not promoted")
     assert sorted(v2["lineage"]["mags"]) == sorted(poisoned)
     assert served_adapter(service) == "student@v1"
+    # Measured here: the poisoned version is worse than the base model itself, not only than v1.
+    poisoned_accuracy = accuracy(service, "student@v2", service.unseen)
+    print(f"unseen one-step questions: student@v2 {poisoned_accuracy:.3f}, base {service.base_accuracy:.3f}")
+    assert poisoned_accuracy < service.base_accuracy  # type: ignore[attr-defined]
 
 
 def test_a_killed_job_changes_nothing_served(service: Service) -> None:
