@@ -4,6 +4,7 @@ file it mounts exists. No engine is needed for this (and none runs here: images 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 import yaml
 
 from services.config import Settings
+from services.gateway.exposure import check_exposure
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SECRETS = {"POSTGRES_PASSWORD": "pw", "GRAFANA_ADMIN_PASSWORD": "admin", "DISTILLERY_ADMIN_KEY": "key"}
+SECRETS = {"POSTGRES_PASSWORD": "pw", "GRAFANA_ADMIN_PASSWORD": "admin", "DISTILLERY_ADMIN_KEY": "key",
+           "DISTILLERY_API_KEYS": '["client-key"]'}
 
 
 def compose_cmd() -> list[str]:
@@ -24,8 +27,8 @@ def compose_cmd() -> list[str]:
     return ["docker-compose"]
 
 
-def config(*files: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    args = [a for f in files for a in ("-f", f)]
+def config(*files: str, env: dict[str, str], env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    args = [a for f in files for a in ("-f", f)] + (["--env-file", str(env_file)] if env_file else [])
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run([*compose_cmd(), *args, "config"], cwd=DEPLOY, env={**clean, **env}, capture_output=True,
                           text=True, timeout=60)
@@ -51,6 +54,31 @@ def test_compose_config_is_valid_and_mounts_what_exists() -> None:
 def test_compose_refuses_to_start_without_its_secrets() -> None:
     out = config("compose.yaml", env={})
     assert out.returncode != 0 and "POSTGRES_PASSWORD" in out.stdout + out.stderr
+    for key in ("DISTILLERY_ADMIN_KEY", "DISTILLERY_API_KEYS"):  # the service would serve 0.0.0.0 without them
+        out = config("compose.yaml", env={k: v for k, v in SECRETS.items() if k != key})
+        assert out.returncode != 0 and key in out.stdout + out.stderr
+
+
+def test_generated_env_file_starts_a_keyed_service_and_is_never_overwritten(tmp_path: Path) -> None:
+    script = tmp_path / "generate-env.sh"
+    shutil.copy(DEPLOY / "generate-env.sh", script)
+    assert subprocess.run(["sh", str(script)], capture_output=True).returncode == 0
+    env_file = tmp_path / ".env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    first = env_file.read_text()
+    values = dict(line.split("=", 1) for line in first.splitlines())
+    assert set(values) == set(SECRETS) and all(len(v) >= 64 for v in values.values())
+    again = subprocess.run(["sh", str(script)], capture_output=True, text=True)
+    assert again.returncode == 1 and "exists" in again.stderr and env_file.read_text() == first
+    out = config("compose.yaml", env={}, env_file=env_file)  # Compose reads the file itself
+    assert out.returncode == 0, out.stderr
+    service_env = yaml.safe_load(out.stdout)["services"]["distillery"]["environment"]
+    cfg = yaml.safe_load((DEPLOY / "distillery.yaml").read_text())
+    server = Settings(**{**cfg, "server": {**cfg["server"], "admin_key": service_env["DISTILLERY_SERVER__ADMIN_KEY"],
+                                           "api_keys": json.loads(service_env["DISTILLERY_SERVER__API_KEYS"])}}).server
+    check_exposure(server)  # the service's own start check accepts what Compose passes on 0.0.0.0
+    assert server.host == "0.0.0.0" and [k.get_secret_value() for k in server.api_keys] == json.loads(
+        values["DISTILLERY_API_KEYS"])
 
 
 def test_gpu_override_reserves_a_gpu() -> None:

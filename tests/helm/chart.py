@@ -20,6 +20,8 @@ from tests.http_servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "distillery"
+# The least the chart renders with: the auth Secret (admin key, client keys, Ray token) and the SQLite trial.
+TRIAL: dict[str, Any] = {"auth": {"existingSecret": "distillery-auth"}, "database": {"allowSqlite": True}}
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -54,7 +56,7 @@ def start_rendered_service(model_dir: str, work: Path, extra_env: dict[str, str]
     """The service as the chart's RayService would start it: `serve run` on the rendered `serveConfigV2` (Ray
     Serve's controller imports `services.launcher:serve_app` and `teachers_app`), with the rendered Distillery
     config; only what must differ on this machine is moved (data dir, loopback port, the model's path, sizes)."""
-    docs = render(values or {})
+    docs = render(values or TRIAL)
     port = free_port()
     cfg = config_of(docs)
     cfg["data_dir"] = str(work / "data")

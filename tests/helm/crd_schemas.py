@@ -1,7 +1,7 @@
 """JSON schemas of the custom resources the chart renders, for checks without a cluster.
 
 kubernetes-validate carries the Kubernetes OpenAPI schemas but no CRDs. These are transcribed from the fields'
-Go types (KubeRay `ray-operator/apis/ray/v1/{rayservice,rayjob,raycronjob,raycluster}_types.go`, Prometheus
+Go types (KubeRay v1.6 `ray-operator/apis/ray/v1/{rayservice,rayjob,raycronjob,raycluster}_types.go`, Prometheus
 Operator `monitoring.coreos.com/v1` PodMonitor/ServiceMonitor/PrometheusRule), restricted to the fields those
 types define at the levels the chart writes, with unknown fields rejected. Pod templates inside them are checked
 separately, against Kubernetes' own Pod schema (tests/helm/test_chart.py)."""
@@ -26,7 +26,8 @@ HEAD_GROUP = obj({"rayStartParams": STR_MAP, "template": POD_TEMPLATE, "serviceT
 WORKER_GROUP = obj({"groupName": STR, "replicas": INT, "minReplicas": INT, "maxReplicas": INT,
                     "rayStartParams": STR_MAP, "template": POD_TEMPLATE, "numOfHosts": INT, "suspend": BOOL,
                     "idleTimeoutSeconds": INT}, ("groupName", "template"))
-RAY_CLUSTER_SPEC = obj({"rayVersion": STR, "headGroupSpec": HEAD_GROUP,
+AUTH_OPTIONS = obj({"mode": {"enum": ["disabled", "token"]}, "secretName": STR, "enableK8sTokenAuth": BOOL})
+RAY_CLUSTER_SPEC = obj({"rayVersion": STR, "headGroupSpec": HEAD_GROUP, "authOptions": AUTH_OPTIONS,
                         "workerGroupSpecs": {"type": "array", "items": WORKER_GROUP},
                         "enableInTreeAutoscaling": BOOL, "autoscalerOptions": ANY_OBJ,
                         "headServiceAnnotations": STR_MAP, "suspend": BOOL, "gcsFaultToleranceOptions": ANY_OBJ},

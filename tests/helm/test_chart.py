@@ -25,19 +25,21 @@ from ray.serve.schema import ServeDeploySchema
 
 from services.config import Settings
 from tests.deploy.prom import binary
-from tests.helm.chart import CHART, ROOT, by_kind, config_of, pod_templates, render
+from tests.helm.chart import CHART, ROOT, TRIAL, by_kind, config_of, pod_templates, render
 from tests.helm.crd_schemas import schema_for
 
 K8S_VERSION = "1.30.0"
 GPU = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+PRODUCTION = {"auth": {"existingSecret": "distillery-auth"}, "database": {"existingSecret": "distillery-postgres"}}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": TRIAL,
     "gpu": GPU,
-    "cron-on-cpu-with-servicemonitor": {"training": {"trigger": "rayCronJob"},
+    "cron-on-cpu-with-servicemonitor": {**PRODUCTION, "training": {"trigger": "rayCronJob"},
                                         "monitoring": {"podMonitor": {"enabled": False},
                                                        "serviceMonitor": {"enabled": True}}},
-    "s3-adapters": {"storage": {"s3": {"url": "s3://models/distillery", "endpoint": "http://minio.minio.svc:9000",
-                                       "existingSecret": "distillery-s3"}}},
+    "s3-adapters": {**TRIAL, "storage": {"s3": {"url": "s3://models/distillery",
+                                                "endpoint": "http://minio.minio.svc:9000",
+                                                "existingSecret": "distillery-s3"}}},
 }
 
 
@@ -72,7 +74,7 @@ def test_schema_rejects_bad_values_with_the_key(bad: dict[str, Any], why: str) -
 
 
 def test_helm_lint_is_clean_for_both_values_files() -> None:
-    for values in ({}, GPU):
+    for values in (TRIAL, GPU):
         report = lint(CHART, values, strict=True, kube_version=f"v{K8S_VERSION}")
         assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2], report
 
@@ -167,7 +169,7 @@ def test_gpu_values_put_the_student_and_training_on_gpus_and_read_secrets() -> N
 
 # ---- monitoring objects are the repository's files ------------------------------------------------------------
 def test_prometheus_rule_is_deploy_prometheus_rules_and_passes_promtool(tmp_path) -> None:
-    (rule,) = by_kind(render({}), "PrometheusRule")
+    (rule,) = by_kind(render(TRIAL), "PrometheusRule")
     files = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
     expected = [g for f in files for g in yaml.safe_load(f.read_text())["groups"]]
     assert sorted(rule["spec"]["groups"], key=lambda g: g["name"]) == sorted(expected, key=lambda g: g["name"])
@@ -178,7 +180,7 @@ def test_prometheus_rule_is_deploy_prometheus_rules_and_passes_promtool(tmp_path
 
 
 def test_dashboard_configmap_is_the_generated_dashboard() -> None:
-    (cm,) = [d for d in by_kind(render({}), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    (cm,) = [d for d in by_kind(render(TRIAL), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["distillery.json"]) == json.loads(
         (ROOT / "deploy" / "grafana" / "distillery.json").read_text())
@@ -221,7 +223,8 @@ def test_every_value_is_documented_in_the_chart_readme() -> None:
 
 
 def test_pod_annotations_reach_every_ray_pod() -> None:
-    docs = render({"podAnnotations": {"secrets-rotated": "1700000000"}, "training": {"trigger": "rayCronJob"}})
+    docs = render({**PRODUCTION, "podAnnotations": {"secrets-rotated": "1700000000"},
+                   "training": {"trigger": "rayCronJob"}})
     templates = [t for d in docs for t in pod_templates(d)]
     assert len(templates) == 4 and all(t["metadata"]["annotations"]["secrets-rotated"] == "1700000000"
                                        for t in templates)

@@ -58,7 +58,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "distillery.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $server := dict "host" "0.0.0.0" "port" 8000 "internal_url" (include "distillery.internalUrl" .) -}}
-{{- $_ := set $cfg "server" (merge $server (default dict $cfg.server)) -}}
+{{- $server = merge $server (default dict $cfg.server) -}}
+{{- /* set, not merge: merge never lets a false value win */ -}}
+{{- $_ := set $server "allow_anonymous" .Values.auth.allowAnonymous -}}
+{{- $_ := set $cfg "server" $server -}}
 {{- $_ := set $cfg "data_dir" .Values.storage.mountPath -}}
 {{- with .Values.storage.s3 }}{{ if .url }}
 {{- $_ := set $cfg "storage" (dict "adapters_url" .url "s3_endpoint_url" (.endpoint | default nil) "s3_region" .region) -}}
@@ -101,14 +104,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   valueFrom:
     secretKeyRef: {name: {{ .Values.database.existingSecret }}, key: {{ .Values.database.secretKey }}}
 {{- end }}
-{{- if .Values.auth.existingSecret }}
 - name: DISTILLERY_SERVER__ADMIN_KEY
   valueFrom:
     secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: admin-key}
 - name: DISTILLERY_SERVER__API_KEYS
   valueFrom:
-    secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: api-keys, optional: true}
-{{- end }}
+    secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: api-keys{{ if .Values.auth.allowAnonymous }}, optional: true{{ end }}}
+{{- /* Ray token auth on every Ray process (KubeRay's authOptions names the same Secret for its own calls). */}}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: auth_token}
+- name: POD_IP
+  valueFrom:
+    fieldRef: {fieldPath: status.podIP}
 {{- if and .Values.storage.s3.url .Values.storage.s3.existingSecret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
@@ -160,6 +170,11 @@ spec:
         - {name: client, containerPort: 10001}
         - {name: serve, containerPort: 8000}
         - {name: ray-metrics, containerPort: 8080}
+      {{- /* KubeRay's default head probes ask localhost:8265, where the dashboard no longer listens (it is bound to
+      the pod's address, rayStartParams dashboard-host). The same checks, on that address. */}}
+      {{- $probe := dict "exec" (dict "command" (list "sh" "-c" "curl -fsS -m 2 http://127.0.0.1:52365/api/local_raylet_healthz | grep -q success && curl -fsS -m 2 http://${POD_IP}:8265/api/gcs_healthz | grep -q success")) "initialDelaySeconds" 30 "periodSeconds" 5 "timeoutSeconds" 5 "failureThreshold" 10 }}
+      readinessProbe: {{- toYaml $probe | nindent 8 }}
+      livenessProbe: {{- toYaml (merge (dict "failureThreshold" 120) $probe) | nindent 8 }}
       {{- end }}
       resources:
         {{- $res := deepCopy .resources }}
@@ -188,4 +203,34 @@ spec:
   {{- with .affinity }}
   affinity: {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/*
+What the chart refuses to render: an open service (no auth Secret), and SQLite opened from several pods (SQLite's
+locks do not hold across pods on a shared network volume). Included by rayservice.yaml.
+*/}}
+{{- define "distillery.validate" -}}
+{{- if not .Values.auth.existingSecret -}}
+{{- fail (printf "auth.existingSecret is required: the API serves off loopback, so it needs an admin key, client keys (unless auth.allowAnonymous=true) and a Ray token. Create it with: kubectl -n %s create secret generic distillery-auth --from-literal=admin-key=$(openssl rand -hex 32) --from-literal=api-keys=\"[\\\"$(openssl rand -hex 32)\\\"]\" --from-literal=auth_token=$(openssl rand -hex 32), then set auth.existingSecret=distillery-auth" .Release.Namespace) -}}
+{{- end -}}
+{{- if not .Values.database.existingSecret -}}
+{{- if not .Values.database.allowSqlite -}}
+{{- fail "database.existingSecret is required: the head and every worker pod open the store, and SQLite on a shared volume corrupts under writers in several pods. Put a Postgres URL (postgresql+psycopg://user:pass@host:5432/db) in a Secret and set database.existingSecret, or, for a single-worker trial only, set database.allowSqlite=true" -}}
+{{- end -}}
+{{- if or (gt (int .Values.ray.worker.maxReplicas) 1) (gt (int .Values.ray.worker.replicas) 1) (eq .Values.training.trigger "rayCronJob") -}}
+{{- fail "database.allowSqlite only serves a trial with one worker and internal training: with ray.worker.replicas/maxReplicas > 1 or training.trigger=rayCronJob several pods write the store. Set database.existingSecret to a Secret with a Postgres URL" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Ray token auth (KubeRay >= 1.6): the operator signs its own dashboard calls with the token in this Secret. */}}
+{{- define "distillery.rayAuth" -}}
+authOptions:
+  mode: token
+  secretName: {{ .Values.auth.existingSecret }}
+{{- end -}}
+
+{{/* The dashboard (job and Serve REST API) listens on the pod's address only, never 0.0.0.0. */}}
+{{- define "distillery.dashboardHost" -}}
+dashboard-host: $(POD_IP)
 {{- end -}}
