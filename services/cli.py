@@ -18,6 +18,8 @@
     distillery train --once               run one training cycle now, in the foreground (service running)
     distillery train --api                ask the running service to start a cycle (POST /admin/train)
     distillery jobs [ID] [--json]         training cycles: outcome, phase, data, evaluation
+    distillery purge [--yes] [--json]     delete captures, MAGs, jobs and adapter files past `retention.*`
+                                          (without --yes: print what would be deleted, delete nothing)
     distillery experiment [--quick]       the papers' ablation on the task suite (results.json, table, chart)
     distillery experiment --task banking77   the loop on BANKING77 traffic through the gateway (base vs promoted)
 
@@ -70,6 +72,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from services.gateway.exposure import UnsafeExposure
     from services.launcher import serve_forever
 
     overrides: dict[str, Any] = {}
@@ -79,7 +82,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         overrides["port"] = args.port
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
-    serve_forever(settings)
+    try:
+        serve_forever(settings)
+    except UnsafeExposure as e:  # the operator's to fix: say how, not a traceback
+        sys.exit(f"error: refusing to start: {e}")
 
 
 def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> None:
@@ -271,6 +277,26 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> None:
     print(f"done: {sum(counts.values())} rows; now point DISTILLERY_DATABASE_URL at the target and restart")
 
 
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
+    from services.registry import AdapterRegistry
+    from services.scheduler.retention import Retention
+
+    model = settings.student.model  # only read to find versions, never to validate one
+    registry = AdapterRegistry.from_settings(settings, base_id=model, model_path=model)
+    report = Retention(settings, registry.db, registry).run(dry_run=not args.yes)
+    if args.json:
+        print(json.dumps({"dry_run": not args.yes, **report.as_dict()}, indent=2))
+        return
+    verb = "deleted" if args.yes else "would delete"
+    for kind, items in report.as_dict().items():
+        if isinstance(items, list):
+            print(f"{verb} {len(items)} {kind.replace('_', ' ')}" + (": " + " ".join(map(str, items)) if items else ""))
+    if report.store.mags_skipped:
+        print(f"MAGs kept this time: {report.store.mags_skipped}")
+    if not args.yes:
+        print("dry run: nothing was deleted; run `distillery purge --yes` to delete")
+
+
 def _job_line(j: dict[str, Any]) -> list[str]:
     ev = j["metrics"].get("eval", {})
     acc = " ".join(f"{k}={v['accuracy']:.3f}" for k, v in ev.items())
@@ -432,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, help="target SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db")
     s.add_argument("--from", dest="source", help="source URL (default: the configured store)")
     s.set_defaults(func=cmd_db)
+
+    s = sub.add_parser("purge", help="delete what is past the retention settings (retention.*); a dry run by default")
+    s.add_argument("--yes", action="store_true", help="delete (without it: only print what would be deleted)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_purge)
 
     s = sub.add_parser("jobs", help="training cycles and their outcomes")
     s.add_argument("id", nargs="?", type=int, help="one job, in full")

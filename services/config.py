@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -44,9 +46,46 @@ class ServerConfig(BaseModel):
         description="Key for /admin/* and adapter loading. Unset: admin endpoints are open "
         "(only sensible on loopback).",
     )
+    labeller_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Client keys that also hold the `labeller` scope: accepted like `api_keys`, and may POST "
+        "/v1/feedback on requests made with the same key. With client keys configured, plain `api_keys` may not "
+        "label; with none (loopback), everyone is anonymous with every scope.",
+    )
+    trusted_labellers: list[str] = Field(
+        default_factory=list,
+        description="Key ids (the first 16 hex digits of the key's sha256) whose labels are trusted: they count "
+        "in the rollback watch's live accuracy and become training gold as given. The admin key is always "
+        "trusted; other labels only when the teachers' consensus agrees.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve clients without keys on a non-loopback `host`. Off: the service refuses to start "
+        "there unless `api_keys` are set (it always needs `admin_key` there).",
+    )
+    teachers_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the built-in reference teachers require (the debate agents send it). Unset: "
+        "derived from `admin_key`, else generated once into `<data_dir>/teachers-token`.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
     max_concurrent_requests: int = Field(
         64, ge=1, description="Generation requests in flight before new ones get 429."
+    )
+    max_sequences_in_flight: int = Field(
+        128, ge=1, description="Sequences (prompts x n of every generation request) in flight before new requests "
+        "get 429: admission charges each request its sequences, checked before its prompt is tokenised.",
+    )
+    max_prompts_per_request: int = Field(
+        16, ge=1, description="Prompts in one /v1/completions request (400 above, before any tokenisation).",
+    )
+    max_sequences_per_request: int = Field(
+        32, ge=1, description="Sequences one generation request may ask for, prompts x n (400 above, before any "
+        "tokenisation); never more than `max_sequences_in_flight`.",
+    )
+    stream_send_timeout_s: float = Field(
+        30.0, gt=0, description="How long one server-sent event may wait for a client that stops reading before "
+        "the stream is dropped, its generation aborted and its in-flight slot released.",
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Ray Serve request timeout.")
     internal_url: str | None = Field(
@@ -99,14 +138,33 @@ class CaptureConfig(BaseModel):
     sample_rate: float = Field(1.0, ge=0, le=1, description="Share of finished chat requests queued.")
     redactor: str = Field(
         "default",
-        description="Applied to every captured text before it is stored or sent to a teacher: `default` "
-        "(e-mail addresses and digit runs of `redact_min_digits`+ masked), `none`, or `module:function` "
-        "(a `str -> str` callable).",
+        description="Applied to every captured text and client label before it is stored or sent to a teacher: "
+        "`default` (fast rules: secrets and API keys, e-mail addresses, IBANs, phone/card/account numbers of "
+        "`redact_min_digits`+ digits, names after a cue such as 'my name is'), `presidio` (those rules, then "
+        "Presidio's validated recognizers: phones in any national format, cards, SSNs, IPs; about 10x slower, on "
+        "the capture writer thread), `none`, or `module:function` (a `str -> str` callable).",
     )
     redact_min_digits: int = Field(7, ge=2, description="Digit runs this long or longer are masked by `default`.")
     context_chars: int = Field(
         4000, ge=0, description="Characters of conversation context (the system prompt and earlier turns) kept in the "
         "debated question before the last user message; the oldest turns are dropped first.",
+    )
+    opt_out_keys: list[str] = Field(
+        default_factory=list,
+        description="Key ids (the first 16 hex digits of the key's sha256, or `admin`) whose traffic is never "
+        "captured, whatever the opt-out header says.",
+    )
+    per_key_per_hour: int = Field(
+        3600, ge=1, description="Requests one API key may have captured per hour (a token bucket); past it its "
+        "requests are served but not captured (`distillery_capture_shed_total{reason=\"key_quota\"}`).",
+    )
+    max_queued: int = Field(
+        10_000, ge=1, description="Captured requests waiting for a debate (in the store's queue and the writer's "
+        "buffer); past it new ones are shed (`distillery_capture_shed_total{reason=\"queue_full\"}`).",
+    )
+    max_relabels: int = Field(
+        3, ge=0, description="Feedback labels a request may get after its first; past it POST /v1/feedback answers "
+        "409 and nothing is debated again.",
     )
 
 
@@ -247,6 +305,14 @@ class DebateConfig(BaseModel):
         0.8, ge=0, le=2, description="FAIR: temperature of the teachers' explanations of the student's mistakes."
     )
     concurrency: int = Field(2, ge=1, description="Debates run at once by one worker.")
+    teacher_tokens_per_hour: int = Field(
+        2_000_000, ge=1, description="Teacher tokens (prompt and completion, all teachers) the debates may use in a "
+        "rolling hour; once spent, no new debate starts until the hour rolls on (queued items wait).",
+    )
+    teacher_usd_per_hour: float = Field(
+        5.0, gt=0, description="Estimated teacher spend (USD, from the teachers' configured prices) the debates may "
+        "use in a rolling hour; once spent, no new debate starts until the hour rolls on.",
+    )
     max_attempts: int = Field(3, ge=1, description="Tries per captured request before it is marked failed.")
     lease_s: float = Field(60.0, gt=0, description="A running item whose worker stopped heartbeating is re-queued.")
     poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for queued items.")
@@ -434,6 +500,10 @@ class StorageConfig(BaseModel):
         None, description="Endpoint of an S3-compatible store (e.g. http://minio:9000); unset: AWS S3."
     )
     s3_region: str = Field("us-east-1", description="Region sent to the object store.")
+    max_adapter_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Largest adapter folder (all files together) a publish copies or a replica "
+        "reads; a larger one is refused, as is any folder holding a symbolic link or a special file.",
+    )
 
     @field_validator("adapters_url")
     @classmethod
@@ -547,6 +617,27 @@ def _embedded_tasks() -> list[TaskProfile]:
                         eval=TaskEval(holdout=0.0, golden="builtin:arithmetic", golden_n=100))]
 
 
+class RetentionConfig(BaseModel):
+    """How long each kind of data is kept; the scheduler deletes what is older every `interval_s`, and `distillery
+    purge` does it on demand. Items still queued or running, MAGs while a training cycle runs, the promoted adapter
+    version and the one a rollback returns to are never deleted. `null` keeps a kind forever."""
+
+    enabled: bool = Field(True, description="Run the retention job in the service (the scheduler).")
+    interval_s: float = Field(3600.0, gt=0, description="How often the service's retention job runs.")
+    captures_days: float | None = Field(
+        30.0, gt=0, description="Captured requests (their messages and served reply), client labels and dead letters, "
+        "by age; queued and running items are kept.",
+    )
+    mags_days: float | None = Field(90.0, gt=0, description="Finished debates (MAGs, with their nodes and edges).")
+    jobs_days: float | None = Field(
+        30.0, gt=0, description="Finished training jobs: their rows and their working folders under data_dir/jobs.",
+    )
+    adapter_versions_keep: int | None = Field(
+        5, ge=1, description="Adapter versions kept besides the promoted one and its rollback target (the newest); "
+        "the files of older ones are deleted and their record marked `purged` (its number is never reused).",
+    )
+
+
 class RayConfig(BaseModel):
     address: str | None = Field(None, description="Existing Ray cluster address; unset starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all cores).")
@@ -571,6 +662,7 @@ class Settings(BaseSettings):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     tasks: list[TaskProfile] = Field(
         default_factory=_embedded_tasks, description="Task profiles. A request is the task its `metadata.task` names, "
         "else the first whose `match` fits, else `default` (added as a `text` task when not listed).",
@@ -661,13 +753,52 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
-        shown = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        shown = _masked(self.model_dump(mode="json"))  # SecretStr dumps as '**********'
         if self.database_url:  # postgresql+psycopg://user:password@host/db: the password is a secret too
             try:
                 shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
             except ArgumentError:  # not a URL SQLAlchemy reads: show none of it
                 shown["database_url"] = "**********"
         return shown
+
+
+MASK = "**********"
+# A setting (or header, or extra_body field) whose name ends in one of these holds a secret, whatever its type.
+_SECRET_NAMES = {"key", "keys", "apikey", "token", "secret", "password", "passwd", "authorization", "cookie",
+                 "credential", "credentials", "signature"}
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _secret_name(name: str) -> bool:
+    return re.split(r"[-_.]", name.lower())[-1] in _SECRET_NAMES
+
+
+def _masked_url(value: str) -> str:
+    """A URL's password and secret-named query parameters masked (e.g. a teacher's `?api_key=`); other text as is."""
+    if not _URL.fullmatch(value):
+        return value
+    try:
+        url = urlsplit(value)
+        netloc = url.netloc
+        if url.password is not None:
+            netloc = f"{url.username}:***@{url.hostname}" + (f":{url.port}" if url.port else "")
+        query = urlencode([(k, MASK if _secret_name(k) else v) for k, v in parse_qsl(url.query, True)], safe="*")
+    except ValueError:
+        return MASK
+    return urlunsplit(url._replace(netloc=netloc, query=query))
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    """`value` (a dumped setting) with every secret in it masked: by the name it is kept under, and in URLs."""
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, name) for v in value]
+    if isinstance(value, str) and value:
+        return MASK if _secret_name(name) else _masked_url(value)
+    return value
 
 
 def load_settings(**overrides: Any) -> Settings:

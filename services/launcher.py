@@ -13,7 +13,9 @@ from typing import Any
 
 from services.config import Settings
 from services.gateway.client import service_url
+from services.gateway.exposure import check_exposure
 from services.student.model_prep import base_model_id, resolve_base_model
+from services.teachers.token import teachers_token
 
 APP_NAME = "distillery"
 log = logging.getLogger(__name__)
@@ -21,7 +23,8 @@ Progress = Callable[[str], None]
 
 
 def teachers_url(settings: Settings) -> str:
-    """Where the built-in reference teachers answer (the service's own API, /teachers/<name>/v1)."""
+    """Where the built-in reference teachers answer (the service's own API, /teachers/<name>/v1), behind
+    `teachers_token(settings)`."""
     return f"{service_url(settings)}/teachers"
 
 
@@ -63,7 +66,9 @@ def build_teachers_application(settings: Settings) -> Any | None:
     builtin = [t for t in settings.debate.teachers if t.builtin]
     if not (settings.debate.enabled and builtin):
         return None
-    return ReferenceTeachersDeployment.options(ray_actor_options={"num_cpus": 0}).bind(builtin)
+    return ReferenceTeachersDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
+        builtin, teachers_token(settings), settings.server.max_body_bytes
+    )
 
 
 def offline_env(settings: Settings) -> None:
@@ -80,6 +85,7 @@ def serve_app(args: dict[str, Any] | None = None) -> Any:
     services.launcher:serve_app`, see helm/distillery). Settings come from the pods' `DISTILLERY_CONFIG` and
     `DISTILLERY_*` environment, as for `distillery serve`; the cluster, not this process, owns Ray and HTTP."""
     settings = Settings()
+    check_exposure(settings.server)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     offline_env(settings)
     return build_application(settings, resolve_base_model(settings, log.info))
@@ -117,7 +123,9 @@ class _Ticker:
 
 
 def start(settings: Settings, progress: Progress = print) -> str:
-    """Deploy the application; returns once it answers. The caller owns shutdown (`stop`)."""
+    """Deploy the application; returns once it answers. The caller owns shutdown (`stop`). Refuses
+    (UnsafeExposure) an exposed address without keys, before anything starts."""
+    check_exposure(settings.server)
     import ray
     from ray import serve
 

@@ -4,18 +4,22 @@ is given (no generation). For the admin API and auth, where starting vLLM would 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from fastapi import FastAPI
+
+from services.capture.policy import CaptureSink
 from services.config import Settings
 from services.gateway.app import build_app
 from services.gateway.student_client import LocalStudentClient
 from services.registry import AdapterRegistry
 from services.store.controls import Controls
 from services.store.db import Database
+from services.store.mags import MagStore
 from services.student.engine import StudentEngine
 from services.student.model_prep import base_model_id
 from services.student.tokenizer import PromptTokenizer
@@ -46,19 +50,26 @@ class Gateway:
     registry: AdapterRegistry
     vllm: AdapterEngine
     base_id: str
+    app: FastAPI  # the same app, for a test that drives it through ASGI messages HTTP cannot order
 
 
 @contextmanager
-def serve_gateway(settings: Settings, model_dir: str) -> Iterator[Gateway]:
+def serve_gateway(settings: Settings, model_dir: str, vllm: AdapterEngine | None = None,
+                  sink: Callable[[Database], CaptureSink] | None = None,
+                  feedback: bool = False) -> Iterator[Gateway]:
+    """`vllm`: the stand-in for vLLM's engine, an `AdapterEngine` that may also generate (tests/gateway/).
+    `sink`: the capture sink the app offers finished requests to, made on the gateway's store (default: none).
+    `feedback`: give the app the store's capture queue, so POST /v1/feedback records labels."""
     db = Database(settings.db_url)
     db.create_all()
     base_id = base_model_id(model_dir)
     registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_dir)
-    vllm = AdapterEngine()
+    vllm = vllm or AdapterEngine()
     engine = StudentEngine(settings, model_path=model_dir, base_id=base_id, registry=registry,
                            engine_factory=lambda _args: vllm)
     engine.engine = vllm
     app = build_app(settings, student=LocalStudentClient(engine), tokenizer=PromptTokenizer(model_dir),
-                    registry=registry, controls=Controls(db))
+                    registry=registry, controls=Controls(db), sink=sink(db) if sink else None,
+                    store=MagStore(db) if feedback else None)
     with serve_app(app) as url:
-        yield Gateway(url, settings, registry, vllm, base_id)
+        yield Gateway(url, settings, registry, vllm, base_id, app)

@@ -298,17 +298,24 @@ def provider_message(body: bytes) -> str:
     return " ".join(json.dumps(data).split())[:MESSAGE_CHARS]
 
 
-def build_teacher(t: TeacherConfig, cfg: DebateConfig, embedded_url: str | None) -> OpenAIAgent:
-    """The agent of one configured teacher; a built-in reference teacher lives at `<embedded_url>/<name>/v1`.
-    Raises ValueError when it cannot be reached (no URL, an unset environment variable)."""
-    base = t.endpoint() or (f"{embedded_url.rstrip('/')}/{t.name}/v1" if embedded_url else None)
+def build_teacher(t: TeacherConfig, cfg: DebateConfig, embedded_url: str | None,
+                  embedded_token: str | None = None) -> OpenAIAgent:
+    """The agent of one configured teacher; a built-in reference teacher lives at `<embedded_url>/<name>/v1`,
+    behind `embedded_token` (`services.teachers.token`, sent as its bearer token and scrubbed from logs like an
+    API key). Raises ValueError when it cannot be reached (no URL, an unset environment variable)."""
+    base = t.endpoint()
+    headers: dict[str, str] = {}
+    if base is None and embedded_url:
+        base = f"{embedded_url.rstrip('/')}/{t.name}/v1"
+        headers = {"Authorization": f"Bearer {embedded_token}"} if embedded_token else {}
     if base is None:
         raise ValueError(f"teacher {t.name!r} is a built-in reference teacher but no teacher server is running")
     # FAIR's fault-aware explanations are sampled warmer than answers (its code uses 0.8).
-    return OpenAIAgent(t, base_url=base, max_tokens=t.max_tokens or cfg.max_tokens,
+    return OpenAIAgent(t, base_url=base, max_tokens=t.max_tokens or cfg.max_tokens, headers=headers,
                        kind_temperature={"explanation": cfg.explanation_temperature})
 
 
-def build_teachers(cfg: DebateConfig, embedded_url: str | None) -> list[OpenAIAgent]:
+def build_teachers(cfg: DebateConfig, embedded_url: str | None,
+                   embedded_token: str | None = None) -> list[OpenAIAgent]:
     """Agents for the configured teachers."""
-    return [build_teacher(t, cfg, embedded_url) for t in cfg.teachers]
+    return [build_teacher(t, cfg, embedded_url, embedded_token) for t in cfg.teachers]

@@ -26,6 +26,7 @@ from services.store.mags import MagStore
 from services.student.model_prep import resolve_base_model
 from services.student.tokenizer import PromptTokenizer
 from services.tasks.answers import gsm8k_gold
+from services.teachers.token import teachers_token
 
 
 def load_dataset(path: Path, limit: int | None) -> list[tuple[str, str]]:
@@ -92,7 +93,8 @@ def build_engine(settings: Settings, url: str, store: MagStore, concurrency: int
                           headers={OPT_OUT_HEADER: "1"})
     # Blocks are cut with the student's own tokenizer, as in the service (the trees must fit the student).
     tokenizer = PromptTokenizer(resolve_base_model(settings, lambda _msg: None)).tok
-    return DebateEngine(student, build_teachers(cfg, f"{url}/teachers"), cfg, store, budget=BlockBudget(tokenizer))
+    teachers = build_teachers(cfg, f"{url}/teachers", teachers_token(settings))
+    return DebateEngine(student, teachers, cfg, store, budget=BlockBudget(tokenizer))
 
 
 async def run_batch(settings: Settings, dataset: Path, url: str, limit: int | None, concurrency: int,

@@ -20,6 +20,7 @@ from services.store.controls import Controls
 from services.store.db import Database
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
+from services.teachers.token import teachers_token
 
 
 @serve.deployment(name="Debate", num_replicas=1)
@@ -38,7 +39,7 @@ class DebateDeployment:
             max_model_len=settings.student.max_model_len, gate=self.gate,
         )
         self.metrics = DebateMetrics(self.store)
-        engine = DebateEngine(agent, build_teachers(cfg, teachers_url), cfg, self.store,
+        engine = DebateEngine(agent, build_teachers(cfg, teachers_url, teachers_token(settings)), cfg, self.store,
                               budget=BlockBudget(tokenizer.tok), observer=self.metrics)
         self.worker = DebateWorker(engine, self.store, cfg, controls=Controls(self.store.db),
                                    task_of=settings.task)

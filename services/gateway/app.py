@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.capture.policy import CapturePolicy, CaptureSink, NullSink
 from services.config import Settings
-from services.gateway.auth import Auth
+from services.gateway.auth import ANONYMOUS, Auth
 from services.gateway.errors import ApiError, model_not_found
+from services.gateway.front_door import install_front_door
 from services.gateway.generation import GenerationService, Served
 from services.gateway.metrics import ServingMetrics
 from services.gateway.protocol import (
@@ -40,12 +38,14 @@ from services.gateway.protocol import (
     PromoteRequest,
     UnloadLoRARequest,
 )
+from services.gateway.request_ids import RequestIds
 from services.gateway.serving_adapters import AdapterService
 from services.gateway.serving_chat import ChatServing
 from services.gateway.serving_completions import CompletionServing
 from services.gateway.serving_distillation import DistillationService
 from services.gateway.serving_feedback import FeedbackService
 from services.gateway.serving_jobs import JobsService
+from services.gateway.streaming import GenerationStream
 from services.gateway.student_client import StudentClient
 from services.registry import AdapterRegistry
 from services.store.controls import Controls
@@ -56,25 +56,12 @@ from services.tasks.routing import TaskRouter
 log = logging.getLogger(__name__)
 
 ADAPTER_HEADER = "x-distillery-adapter"
-REQUEST_ID_HEADER = "x-request-id"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) past `limit` bytes even when no Content-Length was sent."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"Request body exceeds the limit of {limit} bytes", None, "request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # A training job's id: the store's 64-bit key (a larger number would fail in the database, not as a 4xx).
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _SCHEMAS = "#/components/schemas/{model}"
-# Routes that read their raw body (to bound its size while reading) and parse it themselves: FastAPI cannot see
+# Routes that read their raw body (bounded by the front door) and parse it themselves: FastAPI cannot see
 # their body models, so the OpenAPI schema names them here and `_openapi` adds them to its components.
 _RAW_BODIES: tuple[type[BaseModel], ...] = (ChatCompletionRequest, CompletionRequest)
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -117,10 +104,7 @@ def _respond(result: Served | ApiError | dict[str, Any]) -> Response:
         return JSONResponse(result)
     headers = {ADAPTER_HEADER: result.adapter}
     if result.stream is not None:
-        return StreamingResponse(
-            result.stream, media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return GenerationStream(result, {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return JSONResponse(result.body, headers=headers)
 
 
@@ -156,24 +140,10 @@ def build_app(
     jobs = jobs or JobsService(None, None)
     distillation = DistillationService(controls)
     app.state.metrics, app.state.generation = metrics, generation
-    limit = settings.server.max_body_bytes
 
-    # ---- cross-cutting: request ids, body limit, errors in the OpenAI shape --------------------------
-    @app.middleware("http")
-    async def request_id_and_size(request: Request, call_next: Any) -> Response:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request.state.request_id = given if _SAFE_ID.match(given) else f"req-{uuid.uuid4().hex}"
-        request.state.started_at = time.monotonic()
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            response: Response = ApiError(
-                413, f"Request body exceeds the limit of {limit} bytes", None, "request_too_large"
-            ).response()
-        else:
-            response = await call_next(request)
-        if echo_request_id:
-            response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
+    # ---- cross-cutting: the front door (body limit, cross-site refusal), request ids, errors in the OpenAI shape
+    install_front_door(app, settings.server.max_body_bytes, settings.server.host)
+    app.add_middleware(RequestIds, echo=echo_request_id)  # added last: outermost, so refusals carry the id too
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
@@ -199,19 +169,21 @@ def build_app(
     admin = Depends(auth.require_admin)
 
     def ctx(request: Request) -> dict[str, Any]:
+        principal = getattr(request.state, "principal", None)
         return {"request_id": request.state.request_id, "started_at": request.state.started_at,
-                "headers": {k: v for k, v in request.headers.items() if k.startswith("x-distillery-")}}
+                "headers": {k: v for k, v in request.headers.items() if k.startswith("x-distillery-")},
+                "key_id": principal.key_id if principal is not None else ANONYMOUS}
 
     # ---- OpenAI API -------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions", dependencies=[client], openapi_extra=_raw_body(ChatCompletionRequest),
               responses=_generated(ChatCompletionResponse))
     async def chat_completions(request: Request) -> Response:
-        return _respond(await chat.create(await read_body(request, limit), **ctx(request)))
+        return _respond(await chat.create(await request.body(), **ctx(request)))
 
     @app.post("/v1/completions", dependencies=[client], openapi_extra=_raw_body(CompletionRequest),
               responses=_generated(CompletionResponse))
     async def create_completion(request: Request) -> Response:
-        return _respond(await completions.create(await read_body(request, limit), **ctx(request)))
+        return _respond(await completions.create(await request.body(), **ctx(request)))
 
     async def model_cards() -> list[ModelCard]:
         m = await student.models()
@@ -234,9 +206,9 @@ def build_app(
                 return JSONResponse(card.model_dump())
         return model_not_found(model_id).response()
 
-    @app.post("/v1/feedback", dependencies=[client], status_code=202)
-    async def post_feedback(body: FeedbackRequest) -> Response:
-        result = await feedback.record(body)
+    @app.post("/v1/feedback", dependencies=[Depends(auth.require_labeller)], status_code=202)
+    async def post_feedback(body: FeedbackRequest, request: Request) -> Response:
+        result = await feedback.record(body, request.state.principal)
         return result.response() if isinstance(result, ApiError) else JSONResponse(result, status_code=202)
 
     @app.post("/v1/load_lora_adapter", dependencies=[admin])

@@ -17,6 +17,7 @@ from services.config import Settings
 from services.debate import prompts
 from services.debate.agents import Agent, OpenAIAgent, Reply, build_teacher
 from services.tasks.answers import read_answer, read_score, same_answer
+from services.teachers.token import teachers_token
 
 QUESTION = "What is 17 + 25?"
 GOLD = "42"
@@ -83,7 +84,7 @@ async def check_configured(settings: Settings, teachers_url: str) -> list[CheckR
     unbuilt: dict[str, CheckRow] = {}
     for t in settings.debate.teachers:
         try:
-            agents.append(build_teacher(t, settings.debate, teachers_url))
+            agents.append(build_teacher(t, settings.debate, teachers_url, teachers_token(settings)))
         except ValueError as e:
             unbuilt[t.name] = CheckRow(t.name, f"not configured: {e}", score_note="not asked")
     try:
