@@ -1,9 +1,11 @@
 """The generation path shared by /v1/chat/completions and /v1/completions.
 
-It admits the request (429 past the concurrency limit), waits for the student's first event to learn which
-version serves it (so the response headers can name it before any byte of the body), then either collects
-a full response or streams SSE chunks. Metrics and the capture hook run when the request ends; the capture
-sink is only offered the result, never awaited. The endpoints differ only in their `Renderer`.
+It admits the request, charged its sequences (429 past the in-flight limits), before the endpoint prepares it
+(tokenisation, off the event loop), waits for the student's first event to learn which version serves it (so the
+response headers can name it before any byte of the body), then either collects a full response or streams SSE
+chunks. The admission slot is released exactly once when the request ends, however it ends (`Served.close` covers
+a stream whose body never started). Metrics and the capture hook run then; the capture sink is only offered the
+result, never awaited. The endpoints differ only in their `Renderer` and how they prepare the request.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +46,30 @@ class Served:
     adapter: str
     body: dict[str, Any] | None = None
     stream: AsyncIterator[str] | None = None
+    close: Callable[[], Awaitable[None]] | None = None  # with `stream`: ends it, run whatever became of the body
+    send_timeout_s: float = 30.0  # with `stream`: how long one frame may wait for its client
+
+
+@dataclass
+class Prepared:
+    """A request ready for the student, made by the endpoint once admitted."""
+
+    req: GenerateRequest
+    capture_payload: dict[str, Any]
+
+
+@dataclass
+class Slot:
+    """What admission charged one request: held from before its prompt is tokenised until its response ends."""
+
+    svc: GenerationService
+    sequences: int
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.svc._leave(self.sequences)
 
 
 @dataclass
@@ -101,27 +127,57 @@ class GenerationService:
         self.metrics = metrics
         self.capture = capture
         self.in_flight = 0
+        self.sequences_in_flight = 0
 
     async def run(
         self,
-        req: GenerateRequest,
         renderer: Renderer,
+        sequences: int,
+        prepare: Callable[[], Awaitable[Prepared | ApiError]],
         *,
         stream: bool,
         include_usage: bool,
         started_at: float,
-        capture_payload: dict[str, Any],
         headers: dict[str, str],
+        key_id: str = "anonymous",
     ) -> Served | ApiError:
-        if self.in_flight >= self.settings.server.max_concurrent_requests:
-            self._count(renderer.endpoint, req.model, "-", 429)
+        """Admit a request of `sequences` (prompts x n), then `prepare` it and generate. The slot stays taken
+        while a stream is served; every other outcome releases it here."""
+        slot = self._admit(sequences)
+        if slot is None:
+            self._count(renderer.endpoint, "-", "-", 429)
             return ApiError(
                 429,
-                f"Too many requests in flight ({self.in_flight}); retry with backoff",
+                f"Too many sequences in flight ({self.sequences_in_flight} in {self.in_flight} requests); "
+                "retry with backoff",
                 None,
                 "rate_limit_exceeded",
             )
-        self._enter()
+        result: Served | ApiError | None = None
+        try:
+            prepared = await prepare()
+            if isinstance(prepared, ApiError):
+                return prepared
+            result = await self._generate(prepared, renderer, slot, stream=stream, include_usage=include_usage,
+                                          started_at=started_at, headers=headers, key_id=key_id)
+            return result
+        finally:
+            if not (isinstance(result, Served) and result.stream is not None):
+                slot.release()
+
+    async def _generate(
+        self,
+        prepared: Prepared,
+        renderer: Renderer,
+        slot: Slot,
+        *,
+        stream: bool,
+        include_usage: bool,
+        started_at: float,
+        headers: dict[str, str],
+        key_id: str,
+    ) -> Served | ApiError:
+        req = prepared.req
         events = self.student.generate(req)
         try:
             first = await anext(events)
@@ -131,22 +187,29 @@ class GenerationService:
             log.exception("student unavailable")
             first = Failed(503, f"student unavailable: {type(e).__name__}", None, "student_unavailable")
         except BaseException:
-            self._leave()
             await _cancel(events)
             raise
         if isinstance(first, Failed):
-            self._leave()
-            # An unknown model name is the client's free text: keep it out of the label set.
-            model_label = "unknown" if first.code == "model_not_found" else req.model
-            self._count(renderer.endpoint, model_label, "-", first.status)
+            # The client's spelling of the model never becomes a label: it has not resolved to a canonical name.
+            self._count(renderer.endpoint, "unknown" if first.code == "model_not_found" else "-", "-", first.status)
             return ApiError(first.status, first.message, first.param, first.code)
 
         n_choices = len(req.prompts) * (req.sampling.get("n") or 1)
         tally = _Tally(n_choices, sum(len(p) for p in req.prompts))
-        finish = _Finisher(self, req, renderer.endpoint, first.adapter, tally, started_at, capture_payload, headers,
-                           renderer.id)
+        model = self.settings.student.served_name if req.model == self.settings.student.served_name else first.adapter
+        finish = _Finisher(self, slot, req, renderer.endpoint, model, first.adapter, tally, started_at,
+                           prepared.capture_payload, headers, key_id, renderer.id)
         if stream:
-            return Served(first.adapter, stream=self._sse(events, renderer, tally, include_usage, finish))
+            body = self._sse(events, renderer, tally, include_usage, finish)
+
+            async def close() -> None:
+                await body.aclose()  # a started body runs its own `finally`
+                if not finish.done:  # one that never started: its client left before the first frame
+                    finish(499)
+                    await _cancel(events)
+
+            return Served(first.adapter, stream=body, close=close,
+                          send_timeout_s=self.settings.server.stream_send_timeout_s)
         try:
             async for ev in events:
                 if isinstance(ev, Failed):
@@ -191,13 +254,22 @@ class GenerationService:
             finish(status)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
-    def _enter(self) -> None:
+    def _admit(self, sequences: int) -> Slot | None:
+        server = self.settings.server
+        if (self.in_flight >= server.max_concurrent_requests
+                or self.sequences_in_flight + sequences > server.max_sequences_in_flight):
+            return None
         self.in_flight += 1
+        self.sequences_in_flight += sequences
         self.metrics.in_flight.inc()
+        self.metrics.sequences_in_flight.inc(sequences)
+        return Slot(self, sequences)
 
-    def _leave(self) -> None:
+    def _leave(self, sequences: int) -> None:
         self.in_flight -= 1
+        self.sequences_in_flight -= sequences
         self.metrics.in_flight.dec()
+        self.metrics.sequences_in_flight.dec(sequences)
 
     def _count(self, endpoint: str, model: str, adapter: str, status: int) -> None:
         self.metrics.requests.labels(endpoint, model, adapter, str(status)).inc()
@@ -213,13 +285,16 @@ class _Finisher:
     """Runs once when a started request ends: metrics, in-flight count, capture offer."""
 
     svc: GenerationService
+    slot: Slot
     req: GenerateRequest
     endpoint: str
+    model: str  # the canonical name the request resolved to, never the client's spelling
     adapter: str
     tally: _Tally
     started_at: float
     capture_payload: dict[str, Any]
     headers: dict[str, str]
+    key_id: str
     response_id: str = ""
     done: bool = False
 
@@ -228,8 +303,8 @@ class _Finisher:
             return
         self.done = True
         svc, m, t = self.svc, self.svc.metrics, self.tally
-        svc._leave()
-        svc._count(self.endpoint, self.req.model, self.adapter, status)
+        self.slot.release()
+        svc._count(self.endpoint, self.model, self.adapter, status)
         latency = time.monotonic() - self.started_at
         m.latency.labels(self.endpoint, self.adapter).observe(latency)
         if t.first_token_at is not None:
@@ -240,7 +315,7 @@ class _Finisher:
             return
         m.tokens_per_query.labels(self.adapter).observe(t.prompt_tokens + t.completion_tokens)
         m.completion_tokens_per_query.labels(self.adapter).observe(t.completion_tokens)
-        if svc.capture.wants(self.endpoint, self.headers, self.capture_payload.get("task")):
+        if svc.capture.wants(self.endpoint, self.headers, self.capture_payload.get("task"), key_id=self.key_id):
             item = FinishedRequest(
                 request_id=self.req.request_id,
                 endpoint=self.endpoint,
@@ -253,6 +328,7 @@ class _Finisher:
                 latency_s=latency,
                 headers=self.headers,
                 response_id=self.response_id,
+                key_id=self.key_id,
             )
             try:
                 accepted = svc.capture.sink.offer(item)

@@ -18,10 +18,16 @@ class ServingMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "distillery_requests", "Finished requests by endpoint, requested model, serving adapter and status.",
+            "distillery_requests", "Finished requests by endpoint, model (its canonical name: the served alias, "
+            "the base model or an adapter version; `unknown` if it does not exist, `-` if refused before resolving "
+            "it), serving adapter and status.",
             ["endpoint", "model", "adapter", "status"], registry=r,
         )
         self.in_flight = Gauge("distillery_requests_in_flight", "Generation requests running now.", registry=r)
+        self.sequences_in_flight = Gauge(
+            "distillery_sequences_in_flight", "Sequences (prompts x n) admitted and not yet finished: the slots "
+            "admission charges, held from before tokenisation until the response ends.", registry=r,
+        )
         self.latency = Histogram(
             "distillery_request_latency_seconds", "End-to-end latency of generation requests.",
             ["endpoint", "adapter"], buckets=LATENCY_BUCKETS, registry=r,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.gateway.errors import ApiError, bad_request
-from services.gateway.generation import GenerationService, Served
+from services.gateway.generation import GenerationService, Prepared, Served
 from services.gateway.protocol import ChatCompletionRequest, ChatCompletionResponse
-from services.gateway.validation import check_context, parse_body
+from services.gateway.validation import check_batch, check_context, parse_body
 from services.student.events import Delta, GenerateRequest
 from services.student.tokenizer import PromptTokenizer
 from services.tasks.routing import TaskRouter
@@ -71,28 +72,35 @@ class ChatServing:
         self.router = router
 
     async def create(
-        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float
+        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = "anonymous"
     ) -> Served | ApiError:
         req = parse_body(raw, ChatCompletionRequest)
         if isinstance(req, ApiError):
             return req
+        if (err := check_batch(1, req.n, self.generation.settings.server)) is not None:
+            return err
         # `developer` is OpenAI's newer name for the system role; chat templates know `system`.
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        try:
-            ids = self.tokenizer.chat(messages)
-        except Exception as e:  # templates raise on role orders they do not support
-            return bad_request(f"The messages cannot be rendered with the model's chat template: {e}", "messages")
-        limit = req.token_limit()
-        if (err := check_context(len(ids), limit, self.max_model_len, "messages")) is not None:
-            return err
-        gen = GenerateRequest(request_id, req.model, [ids], limit, sampling_fields(req), stream=req.stream)
+
+        async def prepare() -> Prepared | ApiError:
+            try:  # a 1 MB conversation is templated and tokenised off the event loop
+                ids = await asyncio.to_thread(self.tokenizer.chat, messages)
+            except Exception as e:  # templates raise on role orders they do not support
+                return bad_request(f"The messages cannot be rendered with the model's chat template: {e}",
+                                   "messages")
+            limit = req.token_limit()
+            if (err := check_context(len(ids), limit, self.max_model_len, "messages")) is not None:
+                return err
+            route = self.router.route(req.metadata, messages)
+            self.generation.metrics.task_requests.labels(route.task, route.via).inc()
+            payload = {"messages": messages, **{k: v for k, v in sampling_fields(req).items() if v is not None},
+                       "max_tokens": limit, "task": route.task}
+            gen = GenerateRequest(request_id, req.model, [ids], limit, sampling_fields(req), stream=req.stream)
+            return Prepared(gen, payload)
+
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        route = self.router.route(req.metadata, messages)
-        self.generation.metrics.task_requests.labels(route.task, route.via).inc()
-        payload = {"messages": messages, **{k: v for k, v in sampling_fields(req).items() if v is not None},
-                   "max_tokens": limit, "task": route.task}
         return await self.generation.run(
-            gen, ChatRenderer(req.model), stream=req.stream, include_usage=include_usage, started_at=started_at,
-            capture_payload=payload, headers=headers,
+            ChatRenderer(req.model), req.n, prepare, stream=req.stream, include_usage=include_usage,
+            started_at=started_at, headers=headers, key_id=key_id,
         )

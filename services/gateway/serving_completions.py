@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.gateway.errors import ApiError, bad_request
-from services.gateway.generation import GenerationService, Served
+from services.gateway.generation import GenerationService, Prepared, Served
 from services.gateway.protocol import CompletionRequest, CompletionResponse
 from services.gateway.serving_chat import sampling_fields
-from services.gateway.validation import check_context, parse_body
+from services.gateway.validation import check_batch, check_context, parse_body
 from services.student.events import Delta, GenerateRequest
 from services.student.tokenizer import PromptTokenizer
 
@@ -70,22 +71,35 @@ class CompletionServing:
         return prompts
 
     async def create(
-        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float
+        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = "anonymous"
     ) -> Served | ApiError:
         req = parse_body(raw, CompletionRequest)
         if isinstance(req, ApiError):
             return req
-        prompts = self._prompts(req.prompt)
-        if isinstance(prompts, ApiError):
-            return prompts
-        limit = req.token_limit()
-        for p in prompts:
-            if (err := check_context(len(p), limit, self.max_model_len, "prompt")) is not None:
-                return err
-        gen = GenerateRequest(request_id, req.model, prompts, limit, sampling_fields(req), stream=req.stream)
+        count = prompt_count(req.prompt)
+        if (err := check_batch(count, req.n, self.generation.settings.server)) is not None:
+            return err
+
+        async def prepare() -> Prepared | ApiError:
+            prompts = await asyncio.to_thread(self._prompts, req.prompt)  # tokenised off the event loop
+            if isinstance(prompts, ApiError):
+                return prompts
+            limit = req.token_limit()
+            for p in prompts:
+                if (err := check_context(len(p), limit, self.max_model_len, "prompt")) is not None:
+                    return err
+            gen = GenerateRequest(request_id, req.model, prompts, limit, sampling_fields(req), stream=req.stream)
+            return Prepared(gen, {"prompt": req.prompt, "max_tokens": limit})
+
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        payload = {"prompt": req.prompt, "max_tokens": limit}
         return await self.generation.run(
-            gen, CompletionRenderer(req.model), stream=req.stream, include_usage=include_usage,
-            started_at=started_at, capture_payload=payload, headers=headers,
+            CompletionRenderer(req.model), count * req.n, prepare, stream=req.stream, include_usage=include_usage,
+            started_at=started_at, headers=headers, key_id=key_id,
         )
+
+
+def prompt_count(prompt: str | list[str] | list[int] | list[list[int]]) -> int:
+    """How many prompts `prompt` holds, without tokenising it: one text or token list, or a list of them."""
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return 1
+    return len(prompt)

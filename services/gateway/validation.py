@@ -1,4 +1,5 @@
-"""Request parsing shared by the generation endpoints: JSON, schema, unsupported fields, context length."""
+"""Request parsing shared by the generation endpoints: JSON, schema, unsupported fields, batch size, context
+length."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from services.config import ServerConfig
 from services.gateway.errors import ApiError, bad_request
 
 M = TypeVar("M", bound=BaseModel)
@@ -45,4 +47,16 @@ def check_context(prompt_tokens: int, max_tokens: int | None, max_model_len: int
             param,
             "context_length_exceeded",
         )
+    return None
+
+
+def check_batch(prompts: int, n: int, server: ServerConfig) -> ApiError | None:
+    """Refuse a request for more prompts, or prompts x n sequences, than one request may ask for."""
+    if prompts > server.max_prompts_per_request:
+        return bad_request(f"At most {server.max_prompts_per_request} prompts are allowed in one request, got "
+                           f"{prompts}", "prompt", "too_many_prompts")
+    most = min(server.max_sequences_per_request, server.max_sequences_in_flight)
+    if prompts * n > most:
+        return bad_request(f"At most {most} sequences (prompts x n) are allowed in one request, got {prompts} x "
+                           f"{n} = {prompts * n}", "n", "too_many_sequences")
     return None
