@@ -14,6 +14,12 @@ from typing import Any, Protocol
 from services.config import CaptureConfig
 
 OPT_OUT_HEADER = "x-distillery-no-distill"
+TRUTHY = frozenset({"1", "true", "yes", "on", "y", "t"})
+
+
+def opted_out(headers: dict[str, str]) -> bool:
+    """The client's opt-out header, whatever the case of its name or value (`1`, `true`, `yes`, `on`, ...)."""
+    return any(k.lower() == OPT_OUT_HEADER and v.strip().lower() in TRUTHY for k, v in headers.items())
 
 
 @dataclass
@@ -29,6 +35,7 @@ class FinishedRequest:
     latency_s: float
     headers: dict[str, str] = field(default_factory=dict)
     response_id: str = ""  # the completion's `id` (chatcmpl-...), which POST /v1/feedback also accepts
+    key_id: str = "anonymous"  # who made the request (`services.gateway.auth.Principal.key_id`)
 
 
 class CaptureSink(Protocol):
@@ -51,11 +58,15 @@ class CapturePolicy:
         self._rng = rng or random.Random()
         self.task_rates = task_rates or {}
 
-    def wants(self, endpoint: str, headers: dict[str, str], task: str | None = None) -> bool:
+    def wants(self, endpoint: str, headers: dict[str, str], task: str | None = None,
+              key_id: str = "anonymous") -> bool:
+        """Whether to offer a finished request: capture on, a chat request, neither the client (opt-out header)
+        nor its key (`capture.opt_out_keys`) opted out, and sampled in."""
         rate = self.task_rates.get(task, self.cfg.sample_rate) if task else self.cfg.sample_rate
         return (
             self.cfg.enabled
             and endpoint == "chat"
-            and headers.get(OPT_OUT_HEADER, "").strip() not in {"1", "true", "yes"}
+            and key_id not in self.cfg.opt_out_keys
+            and not opted_out(headers)
             and self._rng.random() < rate
         )

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from services.config import DebateConfig, TaskProfile
+from services.debate.budget import TeacherBudget
 from services.debate.engine import DebateEngine, DebateInput
 from services.store.controls import Controls
 from services.store.mags import CaptureItem, MagStore
@@ -32,6 +33,7 @@ class DebateWorker:
         """`task_of`: a task's profile by name (`Settings.task`); None debates every item without a profile."""
         self.engine, self.store, self.cfg, self.controls = engine, store, cfg, controls
         self.task_of = task_of
+        self.budget = TeacherBudget(store, cfg.teacher_tokens_per_hour, cfg.teacher_usd_per_hour)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running: dict[int, asyncio.Task[None]] = {}
         self.finished = 0
@@ -50,7 +52,7 @@ class DebateWorker:
                         log.warning("reclaimed items of a stopped worker: %d re-queued, %d failed", requeued, failed)
                 free = self.cfg.concurrency - len(self.running)
                 paused = self.controls is not None and await asyncio.to_thread(self.controls.paused)
-                if free > 0 and not paused:
+                if free > 0 and not paused and await asyncio.to_thread(self.budget.allows):
                     for item in await asyncio.to_thread(self.store.claim, self.owner, free, self.cfg.lease_s):
                         self.running[item.id] = asyncio.create_task(self._debate(item))
             except Exception:  # the store is unreachable for a moment: serving goes on, so do we

@@ -49,7 +49,9 @@ class GatewayDeployment:
             store = MagStore(db)
             sink = self._sink = StoreSink(store, build_redactor(settings.capture), controls=controls,
                                          context_chars=settings.capture.context_chars,
-                                         holdout={t.name: t.eval.holdout for t in settings.tasks})
+                                         holdout={t.name: t.eval.holdout for t in settings.tasks},
+                                         per_key_per_hour=settings.capture.per_key_per_hour,
+                                         max_queued=settings.capture.max_queued)
         self._app = build_app(
             settings,
             student=RayStudentClient(student),
@@ -57,7 +59,8 @@ class GatewayDeployment:
             registry=registry,
             sink=sink,
             store=store,
-            extra_metrics=[h.metrics_text.remote for h in (debate, scheduler) if h is not None],
+            extra_metrics=[h.metrics_text.remote for h in (debate, scheduler) if h is not None]
+            + ([sink.metrics_text] if sink is not None else []),
             jobs=JobsService(JobStore(db), RaySchedulerClient(scheduler)) if scheduler is not None else None,
             controls=controls,
             echo_request_id=False,  # Ray Serve's proxy sets x-request-id (the client's, or a new uuid)

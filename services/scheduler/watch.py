@@ -3,7 +3,7 @@
 Two signals, for `watch.window_s` after each promotion:
   errors    the share of server errors (5xx) among requests to `student` served by the new version, read from
             the gateway's own Prometheus counters (what an SRE's alert reads), counted from the promotion on;
-  feedback  live accuracy: clients' labels (POST /v1/feedback) against the answers the new version served,
+  feedback  live accuracy: trusted labellers' labels (POST /v1/feedback) against the answers the new version served,
             compared with the previous version's live accuracy.
 A rollback goes through the admin API like an operator's (load the previous version first, then swap).
 """

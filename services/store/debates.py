@@ -1,4 +1,5 @@
-"""Tables of the debate side: the capture queue, client labels, and the Multi-Agent Interaction Graphs.
+"""Tables of the debate side: the capture queue (and its dead letters), client labels, and the Multi-Agent
+Interaction Graphs.
 
 A MAG is a `DebateRow` with its `NodeRow`s (every agent output: answers per round, critiques, self-reflections,
 peer reviews, with tokens, latency and cost) and `EdgeRow`s (who saw, critiqued, reflected on, reviewed what).
@@ -36,6 +37,10 @@ class CaptureRow(Base):
     served_adapter: Mapped[str | None] = mapped_column(String(160))
     label: Mapped[str | None] = mapped_column(Text)  # the correct answer, when a client or dataset gave one
     label_source: Mapped[str | None] = mapped_column(String(32))  # feedback | dataset
+    key_id: Mapped[str | None] = mapped_column(String(64))  # the API key that made the request (NULL: anonymous)
+    label_key_id: Mapped[str | None] = mapped_column(String(64))  # the key that posted its feedback label
+    label_trusted: Mapped[bool | None] = mapped_column(Boolean)  # a trusted labeller's (NULL: from before keys)
+    relabels: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # feedback after the first
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(80))
@@ -52,6 +57,19 @@ class LabelRow(Base):
     __tablename__ = "labels"
     request_id: Mapped[str] = mapped_column(String(160), primary_key=True)
     answer: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(64))  # who posted it: applied only to that key's request
+    trusted: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DeadLetterRow(Base):
+    """A captured request the store refused to insert (after its batch was split to find it), kept for a look."""
+
+    __tablename__ = "capture_dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(160), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # the row as ASCII-escaped JSON, so it stores whatever it holds
+    error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -7,15 +7,16 @@ Writers: the gateway's capture sink (`enqueue`), `POST /v1/feedback` (`add_label
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from services.store.db import Database
-from services.store.debates import CaptureRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
+from services.store.debates import CaptureRow, DeadLetterRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
 from services.tasks.answers import AnswerSpec, answer_type_of, read_for_eval, same_answer, spec_of
 
 
@@ -52,6 +53,14 @@ class Node:
 
 
 _NODE_FIELDS = [f.name for f in fields(Node)]
+
+
+ADMIN_KEY_ID = "admin"  # the admin key may label any request (services.gateway.auth.ADMIN_ID)
+TRUSTED_LABEL = CaptureRow.label_trusted.is_not(False)  # NULL: a label from before labellers were recorded
+
+
+def _owns(labeller: str, owner: str | None) -> bool:
+    return labeller in {ADMIN_KEY_ID, owner or "anonymous"}
 
 
 def _agrees(gold: str | None, label: str) -> bool:
@@ -135,18 +144,35 @@ class MagStore:
 
     # ---- the capture queue --------------------------------------------------------------------------------
     def enqueue(self, items: Iterable[dict[str, Any]]) -> int:
-        """Insert queue items (CaptureRow fields); a request id already queued is skipped. Returns rows added."""
+        """Insert queue items (CaptureRow fields) in one transaction; a request id already queued is skipped.
+        Returns rows added."""
         added = 0
         with self.db.session() as s:
             for item in items:
                 if s.scalar(select(CaptureRow.id).where(CaptureRow.request_id == item["request_id"])) is not None:
                     continue
                 label = s.get(LabelRow, item["request_id"])
-                if label is not None and not item.get("label"):  # feedback that arrived before the request
-                    item = {**item, "label": label.answer, "label_source": "feedback"}
+                # feedback that arrived before its request: kept only when posted with the request's own key
+                if label is not None and not item.get("label") and _owns(label.key_id or "anonymous",
+                                                                         item.get("key_id")):
+                    item = {**item, "label": label.answer, "label_source": "feedback",
+                            "label_key_id": label.key_id, "label_trusted": label.trusted}
                 s.add(CaptureRow(**item))
                 added += 1
+            s.flush()  # a row the database refuses fails here, inside this batch's transaction
         return added
+
+    def dead_letter(self, item: dict[str, Any], error: str) -> None:
+        """Keep a queue item the store refused, as ASCII-escaped JSON (so any content fits)."""
+        with self.db.session() as s:
+            s.add(DeadLetterRow(request_id=str(item.get("request_id", ""))[:160], error=error[:2000],
+                                payload=json.dumps(item, ensure_ascii=True, default=str)))
+
+    def dead_letters(self) -> list[tuple[str, str]]:
+        """(request id, error) of every dead-lettered queue item, oldest first."""
+        with self.db.session() as s:
+            return [tuple(r) for r in s.execute(select(DeadLetterRow.request_id, DeadLetterRow.error)
+                                                .order_by(DeadLetterRow.id))]
 
     def claim(self, owner: str, n: int, lease_s: float) -> list[CaptureItem]:
         """Take up to n queued items for `owner` (portable: a conditional update, no row locks needed)."""
@@ -161,8 +187,10 @@ class MagStore:
                 attempts=CaptureRow.attempts + 1, updated_at=now))
             rows = s.scalars(select(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.lease_owner == owner,
                                                       CaptureRow.status == "running"))
-            return [CaptureItem(r.id, r.request_id, r.source, r.question, r.label, r.label_source, r.attempts,
-                                r.task or "default", bool(r.held_out)) for r in rows]
+            # an untrusted client label is not given to the debate as its gold: the teachers decide (see finish_item)
+            return [CaptureItem(r.id, r.request_id, r.source, r.question, *(
+                (r.label, r.label_source) if r.label_trusted is not False else (None, None)), r.attempts,
+                r.task or "default", bool(r.held_out)) for r in rows]
 
     def heartbeat(self, owner: str, ids: list[int], lease_s: float) -> None:
         if not ids:
@@ -209,6 +237,8 @@ class MagStore:
             if ok and debate is not None and row.label and debate.gold_source not in {"feedback", "dataset"}:
                 if _agrees(debate.gold, row.label):
                     debate.gold_source = "feedback"
+                elif row.label_trusted is False:
+                    debate.note = "an untrusted client label disagreed with the teachers' consensus: not used"
                 else:
                     debate.status, debate.usable = "superseded", False
                     debate.note = "a client label arrived during the debate and disagreed with its gold"
@@ -220,12 +250,17 @@ class MagStore:
                 row.status = "failed" if row.attempts >= max_attempts else "queued"
             return row.status
 
-    def add_label(self, key: str, answer: str) -> tuple[str, str | None]:
-        """Record a client's correct answer for a request (by x-request-id or completion id).
+    def add_label(self, key: str, answer: str, *, key_id: str = "anonymous", trusted: bool = True,
+                  max_relabels: int | None = None) -> tuple[str, str | None]:
+        """Record a client's correct answer for a request (by x-request-id or completion id), posted with the
+        API key `key_id` (only the request's own key, or the admin key, may label it).
 
         Returns (what happened, request id): `queued` (used by its coming debate), `pending` (its request is
         not queued (yet): kept for when it is), `confirmed` (the finished debate's gold agrees), `requeued`
-        (it disagreed or the item had failed: the old debate is superseded and the request debated again).
+        (it disagreed or the item had failed: the old debate is superseded and the request debated again),
+        `noted` (an untrusted label that disagrees with the finished debate: kept, the debate stands); refused,
+        nothing changed: `forbidden` (another key's request or pending label), `relabel_limit` (the request
+        was labelled `max_relabels` times after its first label already).
         """
         with self.db.session() as s:
             row = s.scalar(select(CaptureRow).where(
@@ -233,17 +268,28 @@ class MagStore:
             if row is None:
                 existing = s.get(LabelRow, key)
                 if existing is None:
-                    s.add(LabelRow(request_id=key, answer=answer))
+                    s.add(LabelRow(request_id=key, answer=answer, key_id=key_id, trusted=trusted))
+                elif not _owns(key_id, existing.key_id):
+                    return "forbidden", key
                 else:
-                    existing.answer = answer
+                    existing.answer, existing.key_id, existing.trusted = answer, key_id, trusted
                 return "pending", key
+            if not _owns(key_id, row.key_id):
+                return "forbidden", row.request_id
+            if row.label_source == "feedback":
+                if max_relabels is not None and row.relabels >= max_relabels:
+                    return "relabel_limit", row.request_id
+                row.relabels += 1
             row.label, row.label_source, row.updated_at = answer, "feedback", utcnow()
+            row.label_key_id, row.label_trusted = key_id, trusted
             if row.status in {"queued", "running"}:
                 return "queued", row.request_id
             debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
             if row.status == "done" and debate is not None and _agrees(debate.gold, answer):
                 debate.gold_source = "feedback"
                 return "confirmed", row.request_id
+            if row.status == "done" and debate is not None and not trusted:
+                return "noted", row.request_id
             if debate is not None:
                 debate.status, debate.usable = "superseded", False
                 debate.note = "a client label disagreed with this debate's gold"
@@ -356,11 +402,12 @@ class MagStore:
 
     def live_accuracy(self, adapter: str, since: datetime | None = None,
                       task_spec: Callable[[str], AnswerSpec] | None = None) -> tuple[int, int]:
-        """(labelled, correct) requests served by `adapter`: clients' labels (POST /v1/feedback) against the
+        """(labelled, correct) requests served by `adapter`: trusted clients' labels (POST /v1/feedback) against the
         answer that was served, read as its task's app reads it (`task_spec`: a task's answer spec; without it, the
         type the label implies), a live accuracy signal for a freshly promoted version."""
         q = select(CaptureRow.served_output, CaptureRow.label, CaptureRow.task).where(
-            CaptureRow.served_adapter == adapter, CaptureRow.label_source == "feedback", CaptureRow.label.is_not(None))
+            CaptureRow.served_adapter == adapter, CaptureRow.label_source == "feedback", CaptureRow.label.is_not(None),
+            TRUSTED_LABEL)
         if since is not None:
             q = q.where(CaptureRow.created_at >= since)
         with self.db.session() as s:
@@ -371,17 +418,28 @@ class MagStore:
             correct += same_answer(read_for_eval(out, spec), label, spec)
         return len(rows), correct
 
+    def teacher_spend_since(self, since: datetime) -> tuple[int, float]:
+        """(tokens, estimated USD) the teachers used in debates started since `since` (the hourly budget)."""
+        q = (select(func.coalesce(func.sum(NodeRow.prompt_tokens + NodeRow.completion_tokens), 0),
+                    func.coalesce(func.sum(NodeRow.cost_usd), 0.0))
+             .join(DebateRow, DebateRow.id == NodeRow.debate_id)
+             .where(DebateRow.created_at >= since, NodeRow.role == "teacher"))
+        with self.db.session() as s:
+            tokens, usd = s.execute(q).one()
+        return int(tokens), float(usd)
+
     def eval_slice(self, task: str, limit: int) -> list[tuple[str, list[dict[str, Any]], str]]:
         """A task's held-out requests that carry a gold, newest first: (request id, messages as sent, gold).
 
-        The gold is the client's label when there is one, else that of the request's finished debate (a label
-        or the teachers' consensus)."""
+        The gold is the client's trusted label when there is one, else that of the request's finished debate (a
+        label or the teachers' consensus)."""
         task_is = CaptureRow.task == task if task != "default" else (
             (CaptureRow.task == task) | CaptureRow.task.is_(None))
-        q = (select(CaptureRow.request_id, CaptureRow.messages, CaptureRow.label, DebateRow.gold)
+        label = case((TRUSTED_LABEL, CaptureRow.label), else_=None)
+        q = (select(CaptureRow.request_id, CaptureRow.messages, label, DebateRow.gold)
              .outerjoin(DebateRow, (DebateRow.id == CaptureRow.debate_id) & (DebateRow.status == "done"))
              .where(CaptureRow.held_out.is_(True), CaptureRow.source == "traffic", task_is)
-             .where(CaptureRow.label.is_not(None) | DebateRow.gold.is_not(None))
+             .where(label.is_not(None) | DebateRow.gold.is_not(None))
              .order_by(CaptureRow.id.desc()).limit(limit))
         with self.db.session() as s:
             return [(rid, msgs, label if label is not None else gold) for rid, msgs, label, gold in s.execute(q)]
@@ -397,12 +455,15 @@ class MagStore:
                 out[task or "default"] = out.get(task or "default", 0) + n
         return out
 
-    def task_of(self, key: str) -> str | None:
-        """The task of a captured request (by request id or completion id); None when it is not captured."""
+    def task_of(self, key: str, key_id: str | None = None) -> str | None:
+        """The task of a captured request (by request id or completion id); None when it is not captured, or,
+        with `key_id`, when that key may not label it (so a refusal tells nothing about another key's request)."""
         with self.db.session() as s:
-            row = s.execute(select(CaptureRow.task).where(
+            row = s.execute(select(CaptureRow.task, CaptureRow.key_id).where(
                 (CaptureRow.request_id == key) | (CaptureRow.response_id == key))).first()
-            return (row[0] or "default") if row is not None else None
+            if row is None or (key_id is not None and not _owns(key_id, row[1])):
+                return None
+            return row[0] or "default"
 
     def stats(self) -> dict[str, Any]:
         """Totals for metrics and the CLI."""

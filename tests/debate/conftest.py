@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from services.config import DebateConfig, ReferenceProfile, TeacherConfig
 from services.debate.agents import OpenAIAgent
+from services.debate.worker import DebateWorker
 from services.teachers.server import build_teacher_app
 from tests.http_servers import serve_app
 
@@ -32,3 +34,12 @@ def reference_agents(url: str) -> list[OpenAIAgent]:
 
 def debate_config(**kw: object) -> DebateConfig:
     return DebateConfig(teachers=EXACT, **kw)  # type: ignore[arg-type]
+
+
+async def run_briefly(worker: DebateWorker, seconds: float = 0.5) -> None:
+    """The worker's service loop for `seconds`, then stopped the way the service stops it."""
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run_forever(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await loop

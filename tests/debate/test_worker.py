@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -12,7 +11,7 @@ from services.debate.worker import DebateWorker
 from services.store.controls import Controls
 from services.store.debates import CaptureRow, utcnow
 from services.tasks.arithmetic import generate
-from tests.debate.conftest import agent, debate_config, reference_agents
+from tests.debate.conftest import agent, debate_config, reference_agents, run_briefly
 from tests.http_servers import Script, scripted_app, serve_app
 
 PROBLEMS = generate("eval", 3)
@@ -48,9 +47,5 @@ async def test_a_paused_worker_claims_nothing(store):
     controls = Controls(store.db, cache_s=0)
     controls.pause("budget")
     worker = DebateWorker(None, store, debate_config(poll_s=0.05), owner="w1", controls=controls)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    loop = asyncio.create_task(worker.run_forever(stop))
-    await asyncio.sleep(0.5)
-    stop.set()
-    await loop
+    await run_briefly(worker)
     assert store.queue_counts() == {"queued": 1} and not worker.running

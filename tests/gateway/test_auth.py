@@ -13,7 +13,7 @@ import pytest
 from services.config import Settings
 from tests.gateway_app import Gateway, serve_gateway
 
-CLIENT, ADMIN = "sk-client-auth-unit", "sk-admin-auth-unit"
+CLIENT, ADMIN, LABELLER = "sk-client-auth-unit", "sk-admin-auth-unit", "sk-labeller-auth-unit"
 OPEN = {"/health", "/ready", "/metrics", "/openapi.json"}
 
 
@@ -36,7 +36,8 @@ def routes(url: str) -> list[tuple[str, str]]:
 @pytest.fixture
 def gateway(tmp_path: Path, model_dir: str, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     admin_key = {"admin_key": ADMIN} if request.param else {}
-    with serve_gateway(Settings(data_dir=tmp_path, server={"api_keys": [CLIENT], **admin_key}), model_dir) as g:
+    server = {"api_keys": [CLIENT], "labeller_keys": [LABELLER], **admin_key}
+    with serve_gateway(Settings(data_dir=tmp_path, server=server), model_dir) as g:
         yield g
 
 
@@ -64,8 +65,11 @@ def test_each_route_asks_for_its_key(gateway: Gateway) -> None:
         if path in OPEN:
             assert call(gateway, method, path, None).status_code not in (401, 403), path  # probes, scrapers
             continue
-        needs = ADMIN if admin_route(path) else CLIENT
-        for key in (None, "sk-wrong", *([CLIENT] if needs == ADMIN else [])):
+        needs = ADMIN if admin_route(path) else LABELLER if path == "/v1/feedback" else CLIENT
+        for key in (None, "sk-wrong", *([CLIENT, LABELLER] if needs == ADMIN else [])):
             assert call(gateway, method, path, key).status_code == 401, (method, path, key)
+        if needs == LABELLER:  # a plain client key is known but lacks the scope
+            r = call(gateway, method, path, CLIENT)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (method, path)
         # The right key passes auth: whatever the route then answers, it is not an auth error.
         assert call(gateway, method, path, needs).status_code not in (401, 403), (method, path)

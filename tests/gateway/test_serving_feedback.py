@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from services.config import Settings
+from services.gateway.auth import LABELLER, TRUSTED, Principal
 from services.gateway.errors import ApiError
 from services.gateway.protocol import FeedbackRequest
 from services.gateway.serving_feedback import FeedbackService
@@ -28,7 +29,8 @@ def service(store: MagStore) -> FeedbackService:
 
 
 def record(service: FeedbackService, **body: str) -> dict | ApiError:
-    return asyncio.run(service.record(FeedbackRequest(**body)))
+    anonymous = Principal("anonymous", frozenset({LABELLER, TRUSTED}))
+    return asyncio.run(service.record(FeedbackRequest(**body), anonymous))
 
 
 def stored(store: MagStore) -> tuple[dict[str, str | None], dict[str, str]]:

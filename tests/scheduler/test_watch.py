@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from services.config import WatchSettings
 from services.gateway.metrics import ServingMetrics
@@ -13,6 +14,7 @@ from services.registry import AdapterRegistry
 from services.scheduler.metrics import TrainingMetrics
 from services.scheduler.watch import RolloutWatch, request_counts
 from services.store.db import Database
+from services.store.debates import CaptureRow
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
 
@@ -113,3 +115,26 @@ def test_live_accuracy_gauges_follow_the_promotion_in_force(parts) -> None:
     }
     reg.rollback("test")
     assert live() == {}
+
+
+def test_untrusted_labels_cannot_force_a_rollback(parts) -> None:
+    """The attack: a client key floods the new version's requests with wrong labels. Only trusted labellers'
+    labels count, so the watch stays put; the untrusted labels are kept, with who gave them."""
+    reg, store, metrics = parts
+    for i in range(10):
+        served(store, "student@v1", i, "5", "5")  # v1: 100% on trusted labels
+    rollbacks: list[str] = []
+    watch = RolloutWatch(WatchSettings(min_labels=10, max_accuracy_drop=0.15), reg, store,
+                         lambda: metrics.render().decode(), rollbacks.append)
+    for i in range(30):
+        rid = f"student@v2-{i}"
+        store.enqueue([{"request_id": rid, "question": "q", "served_output": "Final answer: 5",
+                        "served_adapter": "student@v2", "key_id": "attacker"}])
+        assert store.add_label(rid, "6", key_id="attacker", trusted=False)[0] == "queued"
+    assert watch.check() is None and rollbacks == []
+    assert store.live_accuracy("student@v2") == (0, 0)
+    with store.db.session() as s:
+        labels = s.execute(select(CaptureRow.label, CaptureRow.label_key_id, CaptureRow.label_trusted)
+                           .where(CaptureRow.served_adapter == "student@v2")).all()
+    assert len(labels) == 30 and set(labels) == {("6", "attacker", False)}
+    assert reg.promoted().name == "student@v2"  # type: ignore[union-attr]
