@@ -200,6 +200,76 @@ def test_config_prints_the_effective_values_with_secrets_masked(tmp_path, monkey
     assert fails(capsys, "config").startswith("error: invalid configuration: ")
 
 
+def test_config_masks_every_secret_bearing_setting(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "distillery.yaml"
+    config.write_text(json.dumps({
+        "server": {"internal_url": "http://svc:internal-pw-1@distillery:8000", "labeller_keys": ["sk-labeller-2"]},
+        "storage": {"s3_endpoint_url": "http://minio:minio-pw-3@minio:9000"},
+        "debate": {"teachers": [
+            {"name": "a", "base_url": "https://api.example/v1?api_key=query-key-4&region=eu",
+             "headers": {"Authorization": "Bearer header-token-5", "X-Api-Key": "header-key-6",
+                         "x-distillery-no-distill": "1"},
+             "extra_body": {"access_token": "body-token-7", "reasoning_effort": "low"}},
+            {"name": "b", "base_url": "http://b.example/v1", "api_key_env": "B_KEY"}]},
+    }))
+    monkeypatch.setenv("DISTILLERY_CONFIG", str(config))
+    monkeypatch.setenv("DISTILLERY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DISTILLERY_DATABASE_URL", "postgresql+psycopg://distillery:db-pass-8@db:5432/distillery")
+    out = run(capsys, "config")
+    for secret in ("internal-pw-1", "sk-labeller-2", "minio-pw-3", "query-key-4", "header-token-5", "header-key-6",
+                   "body-token-7", "db-pass-8"):
+        assert secret not in out, secret
+    teacher = json.loads(out)["debate"]["teachers"][0]
+    # What is not secret stays readable: the operator can still check the configuration.
+    assert teacher["base_url"] == "https://api.example/v1?api_key=**********&region=eu"
+    assert teacher["headers"]["x-distillery-no-distill"] == "1" and teacher["extra_body"]["reasoning_effort"] == "low"
+    assert json.loads(out)["debate"]["teachers"][1]["api_key_env"] == "B_KEY"  # a variable's name, not the key
+    assert json.loads(out)["server"]["internal_url"] == "http://svc:***@distillery:8000"
+
+
+# ---- purge -------------------------------------------------------------------------------------------------------
+def test_purge_is_a_dry_run_until_told_yes_and_prints_what_it_deletes(tmp_path, monkeypatch, capsys):
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from services.store.debates import CaptureRow, utcnow
+    from services.store.jobs import JobRow
+    from services.store.mags import MagStore
+
+    monkeypatch.setenv("DISTILLERY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DISTILLERY_RETENTION__CAPTURES_DAYS", "7")
+    monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
+    db = Database(Settings().db_url)
+    db.create_all()
+    store = MagStore(db)
+    store.enqueue([{"request_id": r, "question": "2+2?", "messages": [], "status": s,
+                    "created_at": utcnow() - timedelta(days=d)} for r, s, d in
+                   [("old", "done", 8), ("old-queued", "queued", 8), ("fresh", "done", 6)]])
+    jobs = JobStore(db)
+    job = jobs.start("cli")
+    jobs.finish(job, status="failed", outcome="failed", phase="training")
+    newest = jobs.start("cli")
+    jobs.finish(newest, status="failed", outcome="failed", phase="training")
+    with db.session() as s:  # both old; the newest is kept all the same (the scheduler counts from it)
+        s.execute(update(JobRow).values(finished_at=utcnow() - timedelta(days=31)))
+        old_id = s.scalar(select(CaptureRow.id).where(CaptureRow.request_id == "old"))
+    folder = tmp_path / "jobs" / f"job-{job}"
+    folder.mkdir(parents=True)
+
+    dry = run(capsys, "purge").splitlines()
+    assert f"would delete 1 captures: {old_id}" in dry and f"would delete 1 jobs: {job}" in dry
+    assert f"would delete 1 job folders: {folder}" in dry and dry[-1].startswith("dry run: nothing was deleted")
+    assert store.queue_counts() == {"done": 2, "queued": 1} and folder.is_dir()
+
+    done = run(capsys, "purge", "--yes").splitlines()
+    assert f"deleted 1 captures: {old_id}" in done and f"deleted 1 job folders: {folder}" in done
+    assert "deleted 0 mags" in done and not any(line.startswith("dry run") for line in done)
+    assert store.queue_counts() == {"done": 1, "queued": 1} and not folder.exists() and jobs.get(job) is None
+    assert jobs.get(newest) is not None
+    assert json.loads(run(capsys, "purge", "--yes", "--json"))["captures"] == []  # nothing left to delete
+
+
 # ---- teacher serve -----------------------------------------------------------------------------------------------
 def ask(url: str, question: str) -> str:
     body = {"model": "reference", "messages": [{"role": "user", "content": prompts.answer_prompt(question, "number")}]}

@@ -130,7 +130,8 @@ class Experiment:
         done = [m for m in store.list(limit=100_000, status="done", with_graph=True, newest_first=False)
                 if m.source == f"batch:{path.name}"]
         if len(done) >= self.plan.train_questions:  # an earlier run of this folder debated them already
-            self.say(f"debates ({name}): reusing {len(done)} finished debates from {self.settings.db_url}")
+            self.say(f"debates ({name}): reusing {len(done)} finished debates from "
+                     f"{Database.describe(self.settings.db_url)}")
             self.results["debates"][name] = {"reused": len(done)}
             return [m for m in done[: self.plan.train_questions] if m.usable]
         with path.open("w") as f:

@@ -14,6 +14,7 @@ from services.config import Settings
 from services.gateway.client import ServiceClient, service_url
 from services.registry import AdapterRegistry
 from services.scheduler.metrics import TrainingMetrics
+from services.scheduler.retention import Retention
 from services.scheduler.scheduler import STALE_S, TrainingScheduler
 from services.scheduler.watch import RolloutWatch
 from services.store.controls import Controls
@@ -52,6 +53,9 @@ class SchedulerDeployment:
         if settings.training.watch.enabled:
             self._loops.append(asyncio.create_task(
                 self._every(settings.training.watch.poll_s, self.watch.check, "rollout watch")))
+        if settings.retention.enabled:
+            self._loops.append(asyncio.create_task(self._every(
+                settings.retention.interval_s, Retention(settings, db, registry).run, "retention")))
 
     async def _every(self, seconds: float, fn: Any, what: str) -> None:
         while True:
