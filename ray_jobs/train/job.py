@@ -26,15 +26,15 @@ class TrainOutput:
 
 def run_training(cfg: TrainingConfig, *, model_path: str, sft: list[SftExample], trees: list[Tree], pad_id: int,
                  work_dir: Path, name: str, tdpo: bool | None = None, log_every: int = 10) -> TrainOutput:
-    import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from ray_jobs.train.data_file import save_training_data
     from ray_jobs.train.worker import train_loop
 
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = work_dir / "data.pt"
-    torch.save({"sft": sft, "trees": trees}, data_path)
+    save_training_data(data_path, sft, trees)
     config = {
         "data_path": str(data_path), "model_path": model_path, "pad_id": pad_id, "seed": cfg.seed,
         "threads": cfg.threads(), "use_gpu": cfg.use_gpu, "log_every": log_every,

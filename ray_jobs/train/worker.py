@@ -65,17 +65,18 @@ def train_loop(config: dict[str, Any]) -> None:
 
     from ray_jobs.sft.trainer import train_sft
     from ray_jobs.tdpo.trainer import train_tdpo
+    from ray_jobs.train.data_file import load_training_data
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(config["threads"])  # the worker's Ray CPU reservation, not every core of the host
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = "cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu"
-    data = torch.load(config["data_path"], weights_only=False)
-    sft, trees = shard(data["sft"], rank, world), shard(data["trees"], rank, world)
+    all_sft, all_trees = load_training_data(config["data_path"])
+    sft, trees = shard(all_sft, rank, world), shard(all_trees, rank, world)
     model = load_model(config["model_path"], config["lora"], device, config["seed"], config["checkpointing"])
-    metrics: dict[str, Any] = {"sft_examples": len(data["sft"]), "trees": len(data["trees"]),
-                               "pairs": sum(len(t.pairs) for t in data["trees"]), "workers": world,
+    metrics: dict[str, Any] = {"sft_examples": len(all_sft), "trees": len(all_trees),
+                               "pairs": sum(len(t.pairs) for t in all_trees), "workers": world,
                                "device": device, "threads": config["threads"]}
     t0 = time.monotonic()
 
@@ -94,14 +95,14 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     s = config["sft"]
-    steps = steps_for(len(data["sft"]), world, s["batch_size"], s["epochs"], s["max_steps"])
+    steps = steps_for(len(all_sft), world, s["batch_size"], s["epochs"], s["max_steps"])
     metrics.update(train_sft(model, sft, lr=s["lr"], steps=steps, batch_size=s["batch_size"],
                              pad_id=config["pad_id"], seed=config["seed"], log=progress,
                              pack=s["pack_shared_prefix"], row_tokens=config["row_tokens"]))
     checkpoint("sft")
     d = config["tdpo"]
-    if d["enabled"] and data["trees"]:  # the global list: every worker or none, as every step all-reduces
-        steps = steps_for(len(data["trees"]), world, d["trees_per_step"], d["epochs"], d["max_steps"])
+    if d["enabled"] and all_trees:  # the global list: every worker or none, as every step all-reduces
+        steps = steps_for(len(all_trees), world, d["trees_per_step"], d["epochs"], d["max_steps"])
         metrics.update(train_tdpo(model, trees, beta=d["beta"], lr=d["lr"], steps=steps,
                                   trees_per_step=d["trees_per_step"], pad_id=config["pad_id"], seed=config["seed"],
                                   log=progress))

@@ -5,22 +5,40 @@ student@vN` (or `s3://.../student@vN`, services/registry/storage.py), never over
 any version and no replica ever serves a stale adapter under a reused name. The promoted version is derived by
 replaying the append-only promotion log (promote pushes, rollback pops), so there is no second copy of that state
 to drift.
+
+Publishing is three steps, so two publishers never share a number: (1) reserve N by inserting a `reserved` row whose
+number the database computes in the same statement (the primary key refuses a duplicate; the loser retries with
+the next one), (2) copy the files to `student@vN`, hashing them (services/registry/manifest.py), (3) mark the row
+`registered` with its sha256 manifest. A reserved row is never served; one whose publisher failed is marked
+`abandoned` at once, one whose publisher died is marked so (and its files deleted) by the next publish after
+RESERVATION_TIMEOUT. Replicas verify the manifest before loading (`local_path`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 
+from services.registry import manifest
 from services.registry.storage import AdapterStorage, LocalStorage, storage_from_settings
-from services.registry.validate import AdapterInvalid, validate_adapter
-from services.store.adapters import AdapterRow, PromotionRow
+from services.registry.validate import AdapterInfo, AdapterInvalid, validate_adapter
+from services.store.adapters import AdapterRow, PromotionRow, utcnow
 from services.store.db import Database
+
+log = logging.getLogger(__name__)
+
+# Statuses of a number taken by a publish that has not (or never will have) its files registered: never served.
+UNPUBLISHED = frozenset({"reserved", "abandoned"})
+# A reservation older than this belongs to a publisher that died: the next publish abandons it and deletes its files.
+RESERVATION_TIMEOUT = timedelta(hours=6)
+RESERVE_ATTEMPTS = 50
 
 
 class RegistryError(LookupError):
@@ -41,6 +59,8 @@ class AdapterVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    sha256: str | None = None  # None: published before checksums were recorded (loaded unverified)
+    files: list[manifest.FileEntry] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +76,7 @@ class AdapterVersion:
             "metrics": self.metrics,
             "lineage": self.lineage,
             "note": self.note,
+            "sha256": self.sha256,
         }
 
 
@@ -111,6 +132,8 @@ class AdapterRegistry:
             metrics=dict(row.metrics or {}),
             lineage=dict(row.lineage or {}),
             note=row.note,
+            sha256=row.sha256,
+            files=manifest.from_json(row.files or []),
         )
 
     # ---- publishing ---------------------------------------------------------------------------------
@@ -128,41 +151,94 @@ class AdapterRegistry:
     ) -> AdapterVersion:
         """Validate `src`, copy it to a new immutable version, and register it (status `registered`)."""
         src = Path(src).expanduser().resolve()
+        # Links, special files and size first, from metadata alone: nothing in a refused folder is ever read.
+        manifest.list_files(src, self.storage.max_bytes)
         info = validate_adapter(src, self.base_model_dir, self.max_rank)
         if label is not None and (self._version_re.match(label) or label == self.served_name):
             raise AdapterInvalid(f"label {label!r} collides with the reserved names {self.served_name}[@vN]")
         if label is not None and self._find_label(label) is not None:
             raise RegistryError(f"an adapter labelled {label!r} is already registered")
+        self._abandon_stale_reservations()
+        number = self._reserve(info, metrics=metrics or {}, lineage=lineage or {}, note=note)
+        try:
+            stored = self.storage.put(src, self.version_name(number))
+            with self.db.session() as s:
+                row = s.get(AdapterRow, number)
+                if row is None or row.status != "reserved":
+                    raise RegistryError(f"the reservation of {self.version_name(number)} was abandoned "
+                                        f"(publish took over {RESERVATION_TIMEOUT})")
+                row.path, row.label, row.status = stored.location, label, "registered"
+                row.sha256, row.files = manifest.digest(stored.files), manifest.to_json(stored.files)
+        except IntegrityError as e:  # another publisher registered the same label meanwhile
+            self._abandon(number)
+            raise RegistryError(f"an adapter labelled {label!r} is already registered") from e
+        except BaseException:
+            self._abandon(number)
+            raise
+        return self.get(self.version_name(number))
+
+    def _reserve(self, info: AdapterInfo, **fields: Any) -> int:
+        """Take the next number with one INSERT that computes it: atomic on SQLite (the statement holds the write
+        lock while it reads the max), and on Postgres a concurrent publisher's duplicate fails on the primary key
+        and takes the next one."""
+        next_number = select(func.coalesce(func.max(AdapterRow.number), 0) + 1).scalar_subquery()
+        for _ in range(RESERVE_ATTEMPTS):
+            try:
+                with self.db.session() as s:
+                    number = s.scalar(
+                        insert(AdapterRow).values(number=next_number, path="", base_model=self.base_model,
+                                                  rank=info.rank, target_modules=info.target_modules,
+                                                  status="reserved", created_at=utcnow(), **fields)
+                        .returning(AdapterRow.number)
+                    )
+                    s.get_one(AdapterRow, number).path = self.storage.location(self.version_name(number))
+                    return number
+            except IntegrityError:
+                continue
+        raise RegistryError(f"could not reserve a version number in {RESERVE_ATTEMPTS} attempts")
+
+    def _abandon(self, number: int) -> None:
+        """A publish that will not finish: its number stays taken (never served), its files go."""
         with self.db.session() as s:
-            number = (s.scalar(select(func.max(AdapterRow.number))) or 0) + 1
-            # Inside the transaction that takes the number: two publishers never write the same version.
-            location = self.storage.put(src, self.version_name(number))
-            row = AdapterRow(
-                number=number,
-                label=label,
-                path=location,
-                base_model=self.base_model,
-                rank=info.rank,
-                target_modules=info.target_modules,
-                status="registered",
-                metrics=metrics or {},
-                lineage=lineage or {},
-                note=note,
-            )
-            s.add(row)
-            s.flush()
-            return self._to_version(row)
+            row = s.get(AdapterRow, number)
+            if row is None or row.status not in UNPUBLISHED:
+                return
+            row.status, location = "abandoned", row.path
+        try:
+            self.storage.delete(location)
+        except OSError:
+            log.warning("could not delete the files of abandoned %s at %s", self.version_name(number), location)
+
+    def _abandon_stale_reservations(self) -> None:
+        cutoff = datetime.now(UTC) - RESERVATION_TIMEOUT
+        with self.db.session() as s:
+            reserved = s.execute(select(AdapterRow.number, AdapterRow.created_at)
+                                 .where(AdapterRow.status == "reserved")).all()
+        for number, created_at in reserved:
+            if (created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)) < cutoff:
+                log.warning("abandoning %s: reserved at %s by a publisher that never finished",
+                            self.version_name(number), created_at.isoformat())
+                self._abandon(number)
 
     def local_path(self, version: AdapterVersion) -> Path:
-        """A local folder with the version's files (downloaded once per replica from an object store)."""
-        return self.storage.local(version.path, version.name)
+        """A local folder with the version's files (downloaded once per replica from an object store), checked
+        against the sha256 manifest recorded at publish: AdapterTampered when they differ. A version published
+        before checksums were recorded is checked for links and size only."""
+        local = self.storage.local(version.path, version.name)
+        if version.sha256 is None:
+            log.warning("%s has no recorded checksum (published before checksums): loading it unverified",
+                        version.name)
+            manifest.list_files(local, self.storage.max_bytes)
+        else:
+            manifest.verify(local, version.files, version.sha256, self.storage.max_bytes)
+        return local
 
     def update(self, name: str, *, metrics: dict[str, Any] | None = None, note: str | None = None) -> AdapterVersion:
         """Merge metrics into a version's record (e.g. evaluation results) and/or set its note."""
         number = self._number(name)
         with self.db.session() as s:
             row = s.get(AdapterRow, number)
-            if row is None:
+            if row is None or row.status in UNPUBLISHED:
                 raise RegistryError(f"no adapter {name!r}")
             if metrics:
                 row.metrics = {**(row.metrics or {}), **metrics}
@@ -188,13 +264,15 @@ class AdapterRegistry:
         number = self._number(name)
         with self.db.session() as s:
             row = s.get(AdapterRow, number)
-            if row is None:
+            if row is None or row.status in UNPUBLISHED:
                 raise RegistryError(f"no adapter {name!r} in the registry")
             return self._to_version(row)
 
     def list(self) -> list[AdapterVersion]:
         with self.db.session() as s:
-            return [self._to_version(r) for r in s.scalars(select(AdapterRow).order_by(AdapterRow.number))]
+            rows = s.scalars(select(AdapterRow).where(AdapterRow.status.not_in(UNPUBLISHED))
+                             .order_by(AdapterRow.number))
+            return [self._to_version(r) for r in rows]
 
     def resolve(self, model: str) -> AdapterVersion | None:
         """Adapter a request for `model` runs on: None means the bare base model."""
@@ -225,7 +303,9 @@ class AdapterRegistry:
             return self._to_version(row) if row else None
 
     def promote(self, name: str, reason: str | None = None) -> AdapterVersion:
+        """Make `name` the promoted version, once its files match its checksum (AdapterTampered otherwise)."""
         target = self.get(name)
+        self.local_path(target)
         current = self.promoted()
         if current is not None and current.number == target.number:
             return target

@@ -18,18 +18,25 @@ def utcnow() -> datetime:
 class AdapterRow(Base):
     __tablename__ = "adapters"
 
-    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # N of student@vN, never reused
+    # N of student@vN, never reused: taken by inserting a `reserved` row (the primary key makes it unique) before
+    # any file is written, marked `registered` once the files are stored.
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
     label: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     path: Mapped[str] = mapped_column(Text)
     base_model: Mapped[str] = mapped_column(Text)
     rank: Mapped[int] = mapped_column(Integer)
     target_modules: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # registered -> promoted -> superseded | rolled_back; a candidate refused by a gate stays registered.
+    # reserved -> registered -> promoted -> superseded | rolled_back; a candidate refused by a gate stays
+    # registered; a publish that failed or never finished ends `abandoned` (never served, its number never reused).
     status: Mapped[str] = mapped_column(String(32), default="registered")
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # services/registry/manifest.py: the digest over the files' list, and the list (path, size, sha256) itself.
+    # NULL for versions published before checksums were recorded; those load unverified.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class PromotionRow(Base):

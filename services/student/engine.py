@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from services.config import Settings
-from services.registry import AdapterInvalid, AdapterRegistry, RegistryError
+from services.registry import AdapterInvalid, AdapterRegistry, AdapterTampered, RegistryError
 from services.student.adapters import AdapterSlots, Loaded
 from services.student.events import Delta, Event, Failed, GenerateRequest, LoadResult, Started
 
@@ -114,9 +114,13 @@ class StudentEngine:
         if not self.settings.student.enable_lora:
             return Failed(400, "LoRA is disabled (student.enable_lora=false)", "lora_name", "lora_disabled")
         t0 = time.monotonic()
-        try:  # files may have changed since publish: check again, it costs milliseconds
+        try:  # files may have changed since publish: checksum and validate again before vLLM reads them
             local = await asyncio.to_thread(self.registry.local_path, version)
             await asyncio.to_thread(self.registry.validate, local)
+        except AdapterTampered as e:
+            log.error("refusing to load %s: %s", version.name, e)
+            return Failed(409, f"adapter {version.name} does not match its published checksum: {e}", "lora_name",
+                          "adapter_checksum_mismatch")
         except AdapterInvalid as e:
             return Failed(400, f"adapter {version.name} is invalid: {e}", "lora_name", "invalid_adapter")
         except OSError as e:  # the object store or the volume cannot give us the files

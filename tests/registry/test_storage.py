@@ -67,13 +67,13 @@ def test_settings_choose_the_storage(s3, tmp_path) -> None:
     src.mkdir()
     (src / "adapter_config.json").write_text("{}")
     local = storage_from_settings(Settings(data_dir=tmp_path / "data"))
-    assert local.put(src, "student@v1") == str(tmp_path / "data" / "adapters" / "student@v1")
+    assert local.put(src, "student@v1").location == str(tmp_path / "data" / "adapters" / "student@v1")
     assert (tmp_path / "data" / "adapters" / "student@v1" / "adapter_config.json").read_text() == "{}"
     s = Settings(data_dir=tmp_path / "data", storage={"adapters_url": "s3://adapters/p/", "s3_endpoint_url": s3})
     assert s.storage.adapters_url == "s3://adapters/p"
     remote = storage_from_settings(s)
     # The configured bucket, prefix and endpoint: the object lands in the S3 server this test started.
-    assert remote.put(src, "student@v1") == "s3://adapters/p/student@v1"
+    assert remote.put(src, "student@v1").location == "s3://adapters/p/student@v1"
     bucket = fs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1")
     with bucket.open_input_stream("adapters/p/student@v1/adapter_config.json") as f:
         assert f.read() == b"{}"

@@ -53,8 +53,8 @@ def test_a_local_version_is_its_folder_and_a_leftover_is_replaced(tmp_path: Path
     store = LocalStorage(tmp_path / "deep" / "adapters")  # parents created on first use
     leftover = tmp_path / "deep" / "adapters" / "student@v1"
     leftover.mkdir(parents=True)
-    (leftover / "half-written.bin").write_text("x")  # a publish that crashed before its row committed
-    location = store.put(src, "student@v1")
+    (leftover / "half-written.bin").write_text("x")  # a publisher that crashed under this reserved number
+    location = store.put(src, "student@v1").location
     assert location == str(leftover)
     assert sorted(p.name for p in leftover.iterdir()) == ["adapter_config.json"]
     assert sorted(p.name for p in (tmp_path / "deep" / "adapters").iterdir()) == ["student@v1"]  # no staging left
@@ -77,7 +77,7 @@ def test_downloads_land_in_a_cache_made_on_first_use_and_never_half(s3_endpoint:
     (src / "adapter_config.json").write_text('{"r": 8}')
     cache = tmp_path / "not" / "yet" / "cache"
     store = S3Storage("s3://cachetest/p", cache, endpoint_url=moto_s3)
-    v1, v2 = store.put(src, "student@v1"), store.put(src, "student@v2")
+    v1, v2 = store.put(src, "student@v1").location, store.put(src, "student@v2").location
     assert (v1, v2) == ("s3://cachetest/p/student@v1", "s3://cachetest/p/student@v2")
     assert store.local(v1, "student@v1") == cache / "student@v1"  # the cache's parents are made
     assert store.local(v2, "student@v2") == cache / "student@v2"  # into the cache that now exists
