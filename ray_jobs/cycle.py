@@ -5,6 +5,10 @@ Runs as its own process (the scheduler starts `python -m ray_jobs.cycle`; `disti
 the foreground; on Kubernetes a RayJob does): a crash or a kill ends the process, never the service, and nothing
 reaches serving before the gate promotes through the admin API. The job row records every phase, the outcome and
 the error; the adapter records its lineage (MAGs, trees) and evaluation.
+
+The cycle acts only while it holds its job's lease (services/store/jobs.py): it renews the lease on entering each
+phase, so before publishing and before promoting, and a cycle that was reaped while it stalled (a second one may
+have started since) stops there, its job recorded `lost_lease`, with nothing published or promoted.
 """
 
 from __future__ import annotations
@@ -28,18 +32,20 @@ from ray_jobs.trees.build import TrainingData, build
 from ray_jobs.trees.encode import Encoder
 from services.config import Settings, load_settings
 from services.gateway.client import ServiceClient
-from services.registry import AdapterRegistry
+from services.registry import AdapterRegistry, AdapterVersion
 from services.store.db import Database
-from services.store.jobs import JobStore
+from services.store.jobs import JobStore, LeaseLost
 from services.store.mags import Mag, MagStore
 from services.student.model_prep import base_model_id, resolve_base_model
 from services.student.tokenizer import PromptTokenizer
 
 log = logging.getLogger("distillery.cycle")
 HEARTBEAT_S = 10.0
-# A test hook: when this variable names a file holding a phase's name, the cycle stops on entering that phase (for
-# an hour), so a test can kill it there. Unset in production.
+# A test hook: when this variable names a file holding a phase's name, the cycle waits on entering that phase while
+# the file still names it (an hour at most), so a test can kill it there, or reap it and let it go on. Unset in
+# production.
 PAUSE_FILE_ENV = "DISTILLERY_CYCLE_PAUSE_FILE"
+PAUSE_MAX_S = 3600.0
 
 
 @dataclass
@@ -101,22 +107,33 @@ class Cycle:
         db = Database(settings.db_url)
         db.create_all()
         self.jobs, self.mags = JobStore(db), MagStore(db)
+        self.lease = self.jobs.lease(job_id)
         self.model_path = resolve_base_model(settings, progress)
         self.registry = AdapterRegistry.from_settings(settings, base_id=base_model_id(self.model_path),
                                                       model_path=self.model_path)
         self.client = ServiceClient(settings, url)
         self.work_dir = settings.jobs_dir / f"job-{job_id}"
 
-    def phase(self, name: str, **values: Any) -> None:
+    def phase(self, name: str) -> None:
+        """Enter phase `name`: LeaseLost, before anything of the phase is done, if the job no longer holds it."""
         self.progress(f"[job {self.job_id}] {name}")
-        self.jobs.set(self.job_id, phase=name, **values)
+        self.lease.renew()
+        self.jobs.set(self.job_id, phase=name)
+        self._pause_hook(name)
+        self.lease.renew()
+
+    def _pause_hook(self, name: str) -> None:
         pause = os.environ.get(PAUSE_FILE_ENV)
-        if pause and Path(pause).is_file() and Path(pause).read_text().strip() == name:
-            self.progress(f"[job {self.job_id}] paused on entering {name} ({PAUSE_FILE_ENV})")
-            time.sleep(3600)
+        if not pause or not _names(Path(pause), name):
+            return
+        self.progress(f"[job {self.job_id}] paused on entering {name} ({PAUSE_FILE_ENV})")
+        deadline = time.monotonic() + PAUSE_MAX_S
+        while _names(Path(pause), name) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def run(self) -> CycleResult:
         t = self.settings.training
+        self.lease.renew()  # a cycle whose job was reaped before it got going does nothing
         if not self.client.ready():
             raise RuntimeError(f"the service at {self.client.url} is not ready: evaluation and promotion need it")
         self.phase("data")
@@ -138,13 +155,10 @@ class Cycle:
                            work_dir=self.work_dir, name=f"job-{self.job_id}")
         self.jobs.set(self.job_id, metrics={"train": out.metrics})
 
-        self.phase("publishing")
         lineage = {"job": self.job_id, "mags": data.mag_ids, "trees": [[n.mag_id, n.round] for n in data.trees],
                    "counts": data.summary(), "seed": t.seed, "training": t.model_dump(exclude={"eval", "gate",
                                                                                                  "watch"})}
-        candidate = self.registry.publish(out.adapter_dir, metrics={"train": out.metrics}, lineage=lineage,
-                                          note=f"trained by job {self.job_id}")
-        self.jobs.set(self.job_id, candidate=candidate.name)
+        candidate = self.publish(out.adapter_dir, metrics={"train": out.metrics}, lineage=lineage)
 
         self.phase("evaluating")
         incumbent = self.registry.promoted()
@@ -158,6 +172,19 @@ class Cycle:
         self.jobs.set(self.job_id, incumbent=incumbent_name,
                       metrics={"train": out.metrics, "eval": {k: v.as_dict() for k, v in evals.items()}})
         return self._gate(candidate.name, decision, {k: v.as_dict() for k, v in evals.items()})
+
+    def publish(self, adapter_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> AdapterVersion:
+        """Register the trained adapter as the next version, if the job still holds its lease."""
+        self.phase("publishing")
+        candidate = self.registry.publish(adapter_dir, metrics=metrics, lineage=lineage,
+                                          note=f"trained by job {self.job_id}")
+        self.jobs.set(self.job_id, candidate=candidate.name)
+        return candidate
+
+    def promote(self, candidate: str, reason: str) -> None:
+        """Promote `candidate` through the service, if the job still holds its lease."""
+        self.phase("promoting")
+        self.client.promote(candidate, f"job {self.job_id}: {reason}")
 
     async def _evaluate(self, models: list[str]) -> dict[str, EvalResult]:
         cfg = self.settings.training.eval
@@ -181,8 +208,7 @@ class Cycle:
         if not decision.promote:
             self.registry.update(candidate, note=f"not promoted: {decision.reason}")
             return self._end("not_promoted", decision.reason, candidate, evals)
-        self.phase("promoting")
-        self.client.promote(candidate, f"job {self.job_id}: {decision.reason}")
+        self.promote(candidate, decision.reason)
         return self._end("promoted", decision.reason, candidate, evals)
 
     def _end(self, outcome: str, reason: str, candidate: str | None = None, evals: dict[str, Any] | None = None
@@ -194,26 +220,39 @@ class Cycle:
 
 def run_job(settings: Settings, job_id: int, *, url: str | None = None,
             progress: Callable[[str], None] = print) -> CycleResult:
-    """Run cycle `job_id` (a running row in the jobs table), heartbeating; any error is recorded, then raised."""
+    """Run cycle `job_id` (a running row in the jobs table), renewing its lease as the heartbeat; any error is
+    recorded, then raised (a lost lease as `lost_lease`: the job that took over owns everything else)."""
     jobs = JobStore(Database(settings.db_url))
+    lease = jobs.lease(job_id)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                jobs.heartbeat(job_id)
+                lease.renew()
+            except LeaseLost as e:  # the cycle finds out on entering its next phase
+                log.error("%s", e)
+                return
             except Exception:  # a busy database must not end the job; the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
 
     threading.Thread(target=beat, daemon=True, name="job-heartbeat").start()
     try:
         return Cycle(settings, job_id, url=url, progress=progress).run()
+    except LeaseLost as e:
+        jobs.lost(job_id, e)
+        progress(f"[job {job_id}] stopped: {e}")
+        raise
     except BaseException as e:
         jobs.finish(job_id, status="failed", outcome="failed", error=f"{type(e).__name__}: {e}",
                     reason="".join(traceback.format_exception(e))[-4000:])
         raise
     finally:
         stop.set()
+
+
+def _names(pause_file: Path, phase: str) -> bool:
+    return pause_file.is_file() and pause_file.read_text().strip() == phase
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,8 @@ class TrainingScheduler:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            log.error("training job %d recorded as failed (dead or overdue)", job_id)
+            log.error("training job %d recorded as failed (dead, stalled or overdue): it lost its lease, so it "
+                      "can no longer publish or promote", job_id)
         paused = self.controls is not None and self.controls.paused()
         if self.cfg.enabled and not paused and (reason := self.due()) is not None:
             if not self.ready():

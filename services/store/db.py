@@ -1,7 +1,8 @@
 """Database plumbing: engine creation, SQLite pragmas, sessions.
 
-Every Distillery table derives from `Base`; `Database.create_all` makes them. SQLite runs in WAL mode so the
-serving processes can read while a writer (a training job, the debate queue) commits.
+Every Distillery table derives from `Base`; `Database.create_all` migrates the store to the newest schema revision
+(services/store/migrations), as every process does at start. SQLite runs in WAL mode so the serving processes can
+read while a writer (a training job, the debate queue) commits.
 """
 
 from __future__ import annotations
@@ -46,29 +47,11 @@ class Database:
         return make_url(url).render_as_string(hide_password=True)
 
     def create_all(self) -> None:
-        # Import the table modules so they register on Base.metadata.
-        import services.store.adapters
-        import services.store.controls
-        import services.store.debates
-        import services.store.jobs  # noqa: F401
+        """Upgrade the store to the newest schema revision: every table on a new database, the revisions it lacks
+        on a store of an earlier release. Safe from several processes at once, and a no-op when already there."""
+        from services.store import migrations
 
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """A store made by an older release lacks the columns added since: add them (nullable, so existing rows
-        read as NULL, which every reader takes as the column's default). Only additions are handled here; a
-        change of type or a removal needs a real migration."""
-        from sqlalchemy import inspect, text
-
-        insp = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in Base.metadata.sorted_tables:
-                have = {c["name"] for c in insp.get_columns(table.name)}
-                for col in table.columns:
-                    if col.name not in have and col.nullable:
-                        kind = col.type.compile(dialect=self.engine.dialect)
-                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+        migrations.upgrade(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

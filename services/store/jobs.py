@@ -3,6 +3,12 @@
 "Never two runs at once" is the database's rule, not a convention: a partial unique index allows one row with
 status `running` per kind, so two schedulers (or a scheduler and `distillery train --once`) cannot both start.
 A job whose process died (killed, OOM, host lost) stops heartbeating and is recorded `failed` by `reap`.
+
+A running job holds a fenced lease: `start` gives it the next fence of its kind, and it may act (publish a version,
+promote one) only while `Lease.renew` finds its row still running with the newest fence. A process that was only
+stalled (a long pause, a partition from the database) and was reaped meanwhile, perhaps with a second job started,
+finds its lease lost when it wakes and must stop without acting: `renew` raises LeaseLost, and the renewal itself
+is the heartbeat, so a job that has just renewed keeps its lease for the reaper's whole staleness window.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, func, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from services.store.db import Base, Database
 from services.store.debates import utcnow
@@ -44,11 +50,20 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # MAGs, trees, pairs, SFT items
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training and evaluation
+    fence: Mapped[int | None] = mapped_column(Integer)  # its lease's fence: 1 + the last one of its kind
 
 
 class JobRunning(RuntimeError):
     def __init__(self, job_id: int | None) -> None:
         super().__init__(f"training job {job_id} is already running; one at a time")
+        self.job_id = job_id
+
+
+class LeaseLost(RuntimeError):
+    """The job may no longer act: it was reaped (or ended), or a newer job of its kind holds the fence."""
+
+    def __init__(self, job_id: int, why: str) -> None:
+        super().__init__(f"job {job_id} lost its lease: {why}")
         self.job_id = job_id
 
 
@@ -71,6 +86,7 @@ class Job:
     error: str | None
     data: dict[str, Any]
     metrics: dict[str, Any]
+    fence: int | None
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -94,7 +110,9 @@ class JobStore:
         """A new running job; JobRunning if one of this kind runs already."""
         try:
             with self.db.session() as s:
-                row = JobRow(kind=kind, trigger=trigger, host=socket.gethostname(), pid=pid or os.getpid())
+                fence = (s.scalar(select(func.max(JobRow.fence)).where(JobRow.kind == kind)) or 0) + 1
+                row = JobRow(kind=kind, trigger=trigger, host=socket.gethostname(), pid=pid or os.getpid(),
+                             fence=fence)
                 s.add(row)
                 s.flush()
                 return row.id
@@ -106,8 +124,33 @@ class JobStore:
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow(), **values))
 
-    def heartbeat(self, job_id: int) -> None:
-        self.set(job_id)
+    def lease(self, job_id: int) -> Lease:
+        """The lease job `job_id` was given when it started (whether it still holds it is `Lease.renew`'s)."""
+        job = self.get(job_id)
+        if job is None:
+            raise LeaseLost(job_id, "no such job")
+        return Lease(self, job_id, job.fence)
+
+    def renew(self, job_id: int, fence: int | None) -> None:
+        """Heartbeat job `job_id` if it still holds the lease with `fence`; LeaseLost, with why, if not."""
+        newer = aliased(JobRow)
+        with self.db.session() as s:
+            held = s.execute(update(JobRow).where(
+                JobRow.id == job_id, JobRow.status == "running", JobRow.fence == fence,
+                ~select(newer.id).where(newer.kind == JobRow.kind, newer.fence > fence).exists(),
+            ).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+        if held != 1:
+            job = self.get(job_id)
+            why = ("no such job" if job is None else f"it is {job.status} ({job.error or job.outcome})"
+                   if job.status != "running" else f"a newer job of kind {job.kind} holds a later fence")
+            raise LeaseLost(job_id, why)
+
+    def lost(self, job_id: int, error: LeaseLost) -> None:
+        """Record on the job's own row that it stopped because it had lost its lease (its row stays failed)."""
+        with self.db.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status != "succeeded").values(
+                status="failed", outcome="lost_lease", reason=str(error),
+                finished_at=func.coalesce(JobRow.finished_at, utcnow())))
 
     def finish(self, job_id: int, *, status: str, outcome: str, **values: Any) -> None:
         """Close a job once: a row already closed (e.g. reaped) keeps its first ending."""
@@ -117,21 +160,30 @@ class JobStore:
 
     def reap(self, stale_s: float, timeout_s: float | None = None) -> list[int]:
         """Record as failed the running jobs whose process is gone: no heartbeat for `stale_s`, a dead pid on
-        this host, or running past `timeout_s`. Returns their ids (the caller kills what is left of them)."""
+        this host, or running past `timeout_s`. Returns their ids (the caller kills what is left of them).
+        A reaped job has lost its lease. Each row is reaped only if it has not heartbeated since it was read: a job
+        whose renewal won the race keeps its lease, one whose renewal lost finds it gone."""
         now, host = utcnow(), socket.gethostname()
         reaped = []
         with self.db.session() as s:
-            for row in s.scalars(select(JobRow).where(JobRow.status == "running")):
-                why = None
-                if row.heartbeat_at < now - timedelta(seconds=stale_s):
-                    why = f"no heartbeat for {stale_s:.0f}s: the job process died"
-                elif row.host == host and row.pid and not _alive(row.pid):
-                    why = f"the job process (pid {row.pid}) exited without recording an outcome"
-                elif timeout_s is not None and row.started_at < now - timedelta(seconds=timeout_s):
-                    why = f"ran past the {timeout_s / 60:.0f} minute limit"
-                if why is not None:
-                    row.status, row.outcome, row.error, row.finished_at = "failed", "failed", why, now
-                    reaped.append(row.id)
+            running = s.execute(select(JobRow.id, JobRow.host, JobRow.pid, JobRow.started_at, JobRow.heartbeat_at)
+                                .where(JobRow.status == "running")).all()
+        for job_id, job_host, pid, started_at, heartbeat_at in running:
+            why = None
+            if heartbeat_at < now - timedelta(seconds=stale_s):
+                why = f"no heartbeat for {stale_s:.0f}s: the job process died or stalled"
+            elif job_host == host and pid and not _alive(pid):
+                why = f"the job process (pid {pid}) exited without recording an outcome"
+            elif timeout_s is not None and started_at < now - timedelta(seconds=timeout_s):
+                why = f"ran past the {timeout_s / 60:.0f} minute limit"
+            if why is None:
+                continue
+            with self.db.session() as s:
+                done = s.execute(update(JobRow).where(
+                    JobRow.id == job_id, JobRow.status == "running", JobRow.heartbeat_at == heartbeat_at,
+                ).values(status="failed", outcome="failed", error=why, finished_at=now)).rowcount
+            if done == 1:
+                reaped.append(job_id)
         return reaped
 
     def get(self, job_id: int) -> Job | None:
@@ -160,6 +212,16 @@ class JobStore:
         with self.db.session() as s:
             return {o or "running": n for o, n in s.execute(
                 select(JobRow.outcome, func.count()).group_by(JobRow.outcome))}
+
+
+@dataclass(frozen=True)
+class Lease:
+    jobs: JobStore
+    job_id: int
+    fence: int | None
+
+    def renew(self) -> None:
+        self.jobs.renew(self.job_id, self.fence)
 
 
 def _alive(pid: int) -> bool:

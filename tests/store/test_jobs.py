@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from services.store.db import Database
 from services.store.debates import utcnow
-from services.store.jobs import JobRow, JobRunning, JobStore
+from services.store.jobs import JobRow, JobRunning, JobStore, LeaseLost
 
 
 @pytest.fixture
@@ -56,3 +56,25 @@ def test_reap_fails_dead_silent_and_overdue_jobs(jobs: JobStore) -> None:
     assert jobs.reap(stale_s=120) == []  # no limit given
     assert jobs.reap(stale_s=120, timeout_s=3600) == [overdue]
     assert jobs.get(overdue).status == "failed"  # type: ignore[union-attr]
+
+
+def test_each_job_holds_the_next_fence_of_its_kind_and_a_reaped_one_loses_its_lease(jobs: JobStore) -> None:
+    first = jobs.start("api")
+    lease = jobs.lease(first)
+    lease.renew()  # the holder renews, and that is its heartbeat
+    with jobs.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == first).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    lease.renew()  # a renewal before the reaper looks: not stale any more
+    assert jobs.reap(stale_s=120) == []
+    with jobs.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == first).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    assert jobs.reap(stale_s=120) == [first]
+    with pytest.raises(LeaseLost, match="failed"):
+        lease.renew()
+    second = jobs.start("schedule")
+    assert jobs.lease(second).fence == (lease.fence or 0) + 1 and jobs.start("eval", kind="eval") is not None
+    assert jobs.lease(jobs.running("eval").id).fence == 1  # type: ignore[union-attr]  # fences count per kind
+    jobs.lost(first, LeaseLost(first, "reaped"))
+    assert (jobs.get(first).status, jobs.get(first).outcome) == ("failed", "lost_lease")  # type: ignore[union-attr]
+    jobs.lost(second, LeaseLost(second, "superseded"))  # a running job told it lost its lease ends too
+    assert jobs.get(second).status == "failed" and jobs.running() is None  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
-"""Task profiles in the store: an older store gains the new columns, each task's held-out slice with its gold,
-traffic counts per task, held-out debates kept out of training lists (SQLite and PostgreSQL)."""
+"""Task profiles in the store: a store older than the previous release gains the new columns, each task's held-out
+slice with its gold, traffic counts per task, held-out debates kept out of training lists (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import inspect, text, update
 from services.store.db import Database
 from services.store.debates import CaptureRow, utcnow
 from services.store.mags import MagStore
+from tests.store.release_store import load_release_store
 
 NEW_COLUMNS = {"capture_queue": {"task", "held_out"}, "debates": {"task", "held_out"}}
 
@@ -47,40 +48,37 @@ def debate(store: MagStore, capture_id: int | None, *, gold: str | None, status:
 
 
 def test_an_older_store_gains_the_task_columns_and_its_rows_read_as_default(db_url: str) -> None:
+    load_release_store(db_url)  # release df9b829's store, with real debates: no alembic_version
     old = Database(db_url)
-    old.create_all()
-    store = MagStore(old)
-    cid = capture(store, "old-1", label="card_arrival")
-    did = debate(store, cid, gold="card_arrival")
-    capture(store, "old-2")
-    with old.engine.begin() as conn:  # the schema before task profiles
+    with old.engine.begin() as conn:  # the schema of a release before task profiles
         for table, cols in NEW_COLUMNS.items():
             for col in cols:
                 conn.execute(text(f'ALTER TABLE {table} DROP COLUMN "{col}"'))
     for table, cols in NEW_COLUMNS.items():
         assert not cols & columns(old, table)
 
-    upgraded = Database(db_url)  # a newer release starting on that store
+    upgraded = Database(db_url)  # this release starting on that store
     upgraded.create_all()
     for table, cols in NEW_COLUMNS.items():
         assert cols <= columns(upgraded, table)
     store = MagStore(upgraded)
-    assert store.task_of("old-1") == "default" and store.task_of("chatcmpl-old-2") == "default"
-    assert store.task_counts() == {"default": 2}
-    mag = store.get(did)
-    assert mag is not None and mag.task is None and mag.held_out is None and mag.gold == "card_arrival"
-    assert [m.id for m in store.list(task="default")] == [did]
-    assert [m.id for m in store.list(held_out=False)] == [did]  # NULL: not held out, so trained on
+    assert store.task_of("chatcmpl-0") == "default" and store.task_of("chatcmpl-queued") == "default"
+    assert store.task_counts() == {"default": 5}  # traffic only: the dataset item is not counted
+    mag = store.get(1)
+    assert mag is not None and mag.task is None and mag.held_out is None and mag.gold_source == "feedback"
+    assert [m.id for m in store.list(task="default", newest_first=False)] == [1, 2, 3, 4, 5]
+    assert len(store.list(held_out=False)) == 5  # NULL: not held out, so trained on
     assert store.list(held_out=True) == [] and store.eval_slice("default", 10) == []
     with upgraded.session() as s:  # NULL task still counts as default in the slice
-        s.execute(update(CaptureRow).where(CaptureRow.request_id == "old-1").values(held_out=True))
-    assert store.eval_slice("default", 10) == [("old-1", messages("old-1"), "card_arrival")]
+        s.execute(update(CaptureRow).where(CaptureRow.request_id == "chatcmpl-0").values(held_out=True))
+    [(rid, _, gold)] = store.eval_slice("default", 10)
+    assert rid == "chatcmpl-0" and gold == mag.gold
     # New rows get the new columns; a second start adds nothing and loses nothing.
     capture(store, "new-1", task="intent", held_out=False)
     Database(db_url).create_all()
-    assert store.task_counts() == {"default": 2, "intent": 1}
+    assert store.task_counts() == {"default": 5, "intent": 1}
     claimed = {i.request_id: (i.task, i.held_out) for i in store.claim("w", 5, 60)}
-    assert claimed["old-2"] == ("default", False) and claimed["new-1"] == ("intent", False)
+    assert claimed == {"chatcmpl-queued": ("default", False), "new-1": ("intent", False)}
 
 
 def test_eval_slice_is_the_tasks_held_out_traffic_with_a_gold(store: MagStore) -> None:
