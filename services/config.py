@@ -155,8 +155,9 @@ class CaptureConfig(BaseModel):
         "captured, whatever the opt-out header says.",
     )
     per_key_per_hour: int = Field(
-        3600, ge=1, description="Requests one API key may have captured per hour (a token bucket); past it its "
-        "requests are served but not captured (`distillery_capture_shed_total{reason=\"key_quota\"}`).",
+        3600, ge=1, description="Requests one API key may have captured per hour by one gateway replica (a token "
+        "bucket, so N replicas capture up to N times this); past it its requests are served but not "
+        "captured (`distillery_capture_shed_total{reason=\"key_quota\"}`).",
     )
     max_queued: int = Field(
         10_000, ge=1, description="Captured requests waiting for a debate (in the store's queue and the writer's "
@@ -165,6 +166,10 @@ class CaptureConfig(BaseModel):
     max_relabels: int = Field(
         3, ge=0, description="Feedback labels a request may get after its first; past it POST /v1/feedback answers "
         "409 and nothing is debated again.",
+    )
+    max_pending_labels: int = Field(
+        1000, ge=0, description="Labels one key may have waiting for requests not (yet) captured (a label may arrive "
+        "before its request is queued); past it POST /v1/feedback answers 429 for unknown request ids.",
     )
 
 
@@ -307,11 +312,12 @@ class DebateConfig(BaseModel):
     concurrency: int = Field(2, ge=1, description="Debates run at once by one worker.")
     teacher_tokens_per_hour: int = Field(
         2_000_000, ge=1, description="Teacher tokens (prompt and completion, all teachers) the debates may use in a "
-        "rolling hour; once spent, no new debate starts until the hour rolls on (queued items wait).",
+        "rolling hour; once spent, the service's debate worker starts no new debate until the hour rolls on (queued "
+        "items wait). `distillery debate` runs (an operator's own batch) are not held back by it.",
     )
     teacher_usd_per_hour: float = Field(
         5.0, gt=0, description="Estimated teacher spend (USD, from the teachers' configured prices) the debates may "
-        "use in a rolling hour; once spent, no new debate starts until the hour rolls on.",
+        "use in a rolling hour; once spent, the service's debate worker starts no new debate until the hour rolls on.",
     )
     max_attempts: int = Field(3, ge=1, description="Tries per captured request before it is marked failed.")
     lease_s: float = Field(60.0, gt=0, description="A running item whose worker stopped heartbeating is re-queued.")
@@ -750,15 +756,9 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with secrets masked (safe to print or log)."""
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
         shown = _masked(self.model_dump(mode="json"))  # SecretStr dumps as '**********'
-        if self.database_url:  # postgresql+psycopg://user:password@host/db: the password is a secret too
-            try:
-                shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
-            except ArgumentError:  # not a URL SQLAlchemy reads: show none of it
-                shown["database_url"] = "**********"
+        if self.database_url:  # postgresql+psycopg://user:password@host/db?sslpassword=...: secrets too
+            shown["database_url"] = masked_url(self.database_url) if _URL.fullmatch(self.database_url) else MASK
         return shown
 
 
@@ -775,16 +775,21 @@ def _secret_name(name: str) -> bool:
     return re.split(r"[-_.]", name.lower())[-1] in _SECRET_NAMES
 
 
-def _masked_url(value: str) -> str:
-    """A URL's password and secret-named query parameters masked (e.g. a teacher's `?api_key=`); other text as is."""
+def masked_url(value: str) -> str:
+    """A URL's password and secret-named query parameters masked (e.g. a teacher's `?api_key=`, a database's
+    `?password=`); text that is no URL as is."""
     if not _URL.fullmatch(value):
         return value
     try:
         url = urlsplit(value)
         netloc = url.netloc
         if url.password is not None:
-            netloc = f"{url.username}:***@{url.hostname}" + (f":{url.port}" if url.port else "")
-        query = urlencode([(k, MASK if _secret_name(k) else v) for k, v in parse_qsl(url.query, True)], safe="*")
+            host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname
+            netloc = f"{url.username}:***@{host}" + (f":{url.port}" if url.port else "")
+        pairs = parse_qsl(url.query, True)
+        if url.password is None and not any(_secret_name(k) for k, _ in pairs):
+            return value  # nothing to hide (and `sqlite:////abs/path` stays as written)
+        query = urlencode([(k, MASK if _secret_name(k) else v) for k, v in pairs], safe="*")
     except ValueError:
         return MASK
     return urlunsplit(url._replace(netloc=netloc, query=query))
@@ -797,7 +802,7 @@ def _masked(value: Any, name: str = "") -> Any:
     if isinstance(value, list):
         return [_masked(v, name) for v in value]
     if isinstance(value, str) and value:
-        return MASK if _secret_name(name) else _masked_url(value)
+        return MASK if _secret_name(name) else masked_url(value)
     return value
 
 

@@ -194,6 +194,10 @@ def test_config_prints_the_effective_values_with_secrets_masked(tmp_path, monkey
     assert shown["database_url"] == "postgresql+psycopg://distillery:***@db:5432/distillery"
     for secret in (ADMIN_KEY, "sk-client-secret-123", "db-pass-456"):
         assert secret not in out
+    monkeypatch.setenv("DISTILLERY_DATABASE_URL", "postgresql+psycopg://distillery@db/d?password=db-pass-789&sslmode=require")
+    out = run(capsys, "config")  # a password in the query string (libpq's keyword form) is a secret too
+    assert json.loads(out)["database_url"] == "postgresql+psycopg://distillery@db/d?password=**********&sslmode=require"
+    assert "db-pass-789" not in out
     monkeypatch.setenv("DISTILLERY_DATABASE_URL", "distillery:db-pass-456 at db")  # no URL: nothing of it shown
     assert json.loads(run(capsys, "config"))["database_url"] == "**********"
     monkeypatch.setenv("DISTILLERY_DEBATE__MAX_ROUNDS", "0")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.config import CaptureConfig
+from services.store.debates import ANONYMOUS_KEY_ID
 
 OPT_OUT_HEADER = "x-distillery-no-distill"
 TRUTHY = frozenset({"1", "true", "yes", "on", "y", "t"})
@@ -35,7 +36,7 @@ class FinishedRequest:
     latency_s: float
     headers: dict[str, str] = field(default_factory=dict)
     response_id: str = ""  # the completion's `id` (chatcmpl-...), which POST /v1/feedback also accepts
-    key_id: str = "anonymous"  # who made the request (`services.gateway.auth.Principal.key_id`)
+    key_id: str = ANONYMOUS_KEY_ID  # who made the request (`services.gateway.auth.Principal.key_id`)
 
 
 class CaptureSink(Protocol):
@@ -59,7 +60,7 @@ class CapturePolicy:
         self.task_rates = task_rates or {}
 
     def wants(self, endpoint: str, headers: dict[str, str], task: str | None = None,
-              key_id: str = "anonymous") -> bool:
+              key_id: str = ANONYMOUS_KEY_ID) -> bool:
         """Whether to offer a finished request: capture on, a chat request, neither the client (opt-out header)
         nor its key (`capture.opt_out_keys`) opted out, and sampled in."""
         rate = self.task_rates.get(task, self.cfg.sample_rate) if task else self.cfg.sample_rate

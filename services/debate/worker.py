@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 
 from services.config import DebateConfig, TaskProfile
-from services.debate.budget import TeacherBudget
 from services.debate.engine import DebateEngine, DebateInput
+from services.debate.spend import TeacherBudget
 from services.store.controls import Controls
 from services.store.mags import CaptureItem, MagStore
 from services.tasks.answers import canonical_answer, is_valid

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.capture.policy import CapturePolicy, CaptureSink, NullSink
 from services.config import Settings
-from services.gateway.auth import ANONYMOUS, Auth
+from services.gateway.auth import Auth
 from services.gateway.errors import ApiError, model_not_found
 from services.gateway.front_door import install_front_door
 from services.gateway.generation import GenerationService, Served
@@ -49,6 +49,7 @@ from services.gateway.streaming import GenerationStream
 from services.gateway.student_client import StudentClient
 from services.registry import AdapterRegistry
 from services.store.controls import Controls
+from services.store.debates import ANONYMOUS_KEY_ID
 from services.store.mags import MagStore
 from services.student.tokenizer import PromptTokenizer
 from services.tasks.routing import TaskRouter
@@ -172,7 +173,7 @@ def build_app(
         principal = getattr(request.state, "principal", None)
         return {"request_id": request.state.request_id, "started_at": request.state.started_at,
                 "headers": {k: v for k, v in request.headers.items() if k.startswith("x-distillery-")},
-                "key_id": principal.key_id if principal is not None else ANONYMOUS}
+                "key_id": principal.key_id if principal is not None else ANONYMOUS_KEY_ID}
 
     # ---- OpenAI API -------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions", dependencies=[client], openapi_extra=_raw_body(ChatCompletionRequest),

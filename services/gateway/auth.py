@@ -15,9 +15,9 @@ from fastapi import Request
 from services.config import ServerConfig
 from services.gateway.errors import ApiError
 from services.gateway.exposure import is_loopback
+from services.store.debates import ADMIN_KEY_ID, ANONYMOUS_KEY_ID
 
 INFERENCE, LABELLER, TRUSTED, ADMIN = "inference", "labeller", "trusted", "admin"
-ANONYMOUS, ADMIN_ID = "anonymous", "admin"
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class Auth:
         self._trusted = frozenset(cfg.trusted_labellers)
         # Without keys everyone is anonymous with every scope; their labels are trusted only on loopback.
         anonymous = {INFERENCE, LABELLER} | ({TRUSTED} if is_loopback(cfg.host) else set())
-        self._anonymous = Principal(ANONYMOUS, frozenset(anonymous))
-        self._admin = Principal(ADMIN_ID, frozenset({INFERENCE, LABELLER, TRUSTED, ADMIN}))
+        self._anonymous = Principal(ANONYMOUS_KEY_ID, frozenset(anonymous))
+        self._admin = Principal(ADMIN_KEY_ID, frozenset({INFERENCE, LABELLER, TRUSTED, ADMIN}))
 
     @property
     def client_auth(self) -> bool:
@@ -95,7 +95,7 @@ class Auth:
             if self._client_keys:  # clients are authenticated, so admin must be too; never fall open
                 raise ApiError(403, "Admin endpoints are disabled: set server.admin_key to use them", None,
                                "admin_disabled")
-            request.state.principal = Principal(ANONYMOUS, self._admin.scopes)
+            request.state.principal = Principal(ANONYMOUS_KEY_ID, self._admin.scopes)
             return
         token = _bearer(request)
         if token is None:

@@ -24,6 +24,7 @@ from services.config import Settings
 from services.gateway.errors import ApiError
 from services.gateway.metrics import ServingMetrics
 from services.gateway.student_client import StudentClient
+from services.store.debates import ANONYMOUS_KEY_ID
 from services.student.events import Delta, Failed, GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class GenerationService:
         include_usage: bool,
         started_at: float,
         headers: dict[str, str],
-        key_id: str = "anonymous",
+        key_id: str = ANONYMOUS_KEY_ID,
     ) -> Served | ApiError:
         """Admit a request of `sequences` (prompts x n), then `prepare` it and generate. The slot stays taken
         while a stream is served; every other outcome releases it here."""

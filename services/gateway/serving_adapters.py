@@ -15,7 +15,7 @@ from services.gateway.errors import ApiError, bad_request
 from services.gateway.metrics import ServingMetrics
 from services.gateway.protocol import LoadLoRARequest, UnloadLoRARequest
 from services.gateway.student_client import StudentClient
-from services.registry import AdapterInvalid, AdapterRegistry, RegistryError
+from services.registry import AdapterInvalid, AdapterRegistry, AdapterTampered, RegistryError
 from services.student.events import Failed, LoadResult
 
 
@@ -106,7 +106,14 @@ class AdapterService:
             loaded = await self._load(version.name)
             if isinstance(loaded, ApiError):
                 return loaded
-            await asyncio.to_thread(self.registry.promote, version.name, reason)
+            try:  # the registry verifies the files again: they may have changed since the engine loaded them
+                await asyncio.to_thread(self.registry.promote, version.name, reason)
+            except AdapterTampered as e:
+                return ApiError(409, str(e), "version", "adapter_checksum_mismatch")
+            except AdapterInvalid as e:
+                return ApiError(400, str(e), "version", "invalid_adapter")
+            except OSError as e:
+                return ApiError(503, f"adapter storage unavailable: {type(e).__name__}", None, "storage_unavailable")
             return await self._swap("promote", t0)
 
     async def rollback(self, reason: str | None) -> dict[str, Any] | ApiError:

@@ -12,6 +12,7 @@ from services.gateway.errors import ApiError, bad_request
 from services.gateway.generation import GenerationService, Prepared, Served
 from services.gateway.protocol import ChatCompletionRequest, ChatCompletionResponse
 from services.gateway.validation import check_batch, check_context, parse_body
+from services.store.debates import ANONYMOUS_KEY_ID
 from services.student.events import Delta, GenerateRequest
 from services.student.tokenizer import PromptTokenizer
 from services.tasks.routing import TaskRouter
@@ -72,7 +73,7 @@ class ChatServing:
         self.router = router
 
     async def create(
-        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = "anonymous"
+        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = ANONYMOUS_KEY_ID
     ) -> Served | ApiError:
         req = parse_body(raw, ChatCompletionRequest)
         if isinstance(req, ApiError):

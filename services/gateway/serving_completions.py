@@ -13,6 +13,7 @@ from services.gateway.generation import GenerationService, Prepared, Served
 from services.gateway.protocol import CompletionRequest, CompletionResponse
 from services.gateway.serving_chat import sampling_fields
 from services.gateway.validation import check_batch, check_context, parse_body
+from services.store.debates import ANONYMOUS_KEY_ID
 from services.student.events import Delta, GenerateRequest
 from services.student.tokenizer import PromptTokenizer
 
@@ -71,7 +72,7 @@ class CompletionServing:
         return prompts
 
     async def create(
-        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = "anonymous"
+        self, raw: bytes, *, request_id: str, headers: dict[str, str], started_at: float, key_id: str = ANONYMOUS_KEY_ID
     ) -> Served | ApiError:
         req = parse_body(raw, CompletionRequest)
         if isinstance(req, ApiError):

@@ -26,7 +26,12 @@ _FREE_FORM = {"text", "json"}
 class FeedbackService:
     def __init__(self, store: MagStore | None, settings: Settings, redact: Redactor | None = None) -> None:
         self.store, self.settings = store, settings
-        self.redact = redact or build_redactor(settings.capture)
+        self._redact = redact  # built on the first free-form label (`presidio` takes seconds to load)
+
+    def redact(self, text: str) -> str:
+        if self._redact is None:
+            self._redact = build_redactor(self.settings.capture)
+        return self._redact(text)
 
     async def record(self, body: FeedbackRequest, principal: Principal) -> dict[str, Any] | ApiError:
         if self.store is None:
@@ -48,10 +53,14 @@ class FeedbackService:
             answer = await asyncio.to_thread(self.redact, answer)
         applied, request_id = await asyncio.to_thread(
             self.store.add_label, key, answer, key_id=principal.key_id, trusted=TRUSTED in principal.scopes,
-            max_relabels=self.settings.capture.max_relabels)
+            max_relabels=self.settings.capture.max_relabels, max_pending=self.settings.capture.max_pending_labels)
         if applied == "forbidden":
             return ApiError(403, "This request was made with another API key: only its own key (or the admin key) "
                             "may label it", "request_id", "not_your_request")
+        if applied == "pending_limit":
+            return ApiError(429, f"This key already has {self.settings.capture.max_pending_labels} labels waiting for "
+                            "requests that were never captured (capture.max_pending_labels)", "request_id",
+                            "pending_label_limit")
         if applied == "relabel_limit":
             return ApiError(409, f"This request was already relabelled {self.settings.capture.max_relabels} times "
                             "(capture.max_relabels)", "request_id", "relabel_limit")

@@ -45,7 +45,10 @@ class GenerationStream(StreamingResponse):
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
-                await self.listen_for_disconnect(receive)
+                try:
+                    await self.listen_for_disconnect(receive)
+                except Exception as e:  # the server's receive failed (Ray Serve cancels it once its proxy lost
+                    log.debug("stream ended: receive failed with %r", e)  # the client): the client is gone too
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):

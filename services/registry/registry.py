@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Statuses of a number taken by a publish that has not (or never will have) its files registered: never served.
 UNPUBLISHED = frozenset({"reserved", "abandoned"})
+# A version whose files retention deleted: its record keeps the number taken and the history readable, never served.
+PURGED = "purged"
+GONE = UNPUBLISHED | {PURGED}
 # A reservation older than this belongs to a publisher that died: the next publish abandons it and deletes its files.
 RESERVATION_TIMEOUT = timedelta(hours=6)
 RESERVE_ATTEMPTS = 50
@@ -230,7 +234,12 @@ class AdapterRegistry:
                         version.name)
             manifest.list_files(local, self.storage.max_bytes)
         else:
-            manifest.verify(local, version.files, version.sha256, self.storage.max_bytes)
+            try:
+                manifest.verify(local, version.files, version.sha256, self.storage.max_bytes)
+            except manifest.AdapterTampered:
+                if local != Path(version.path):  # a replica's download, not the store: fetched afresh next time
+                    shutil.rmtree(local, ignore_errors=True)
+                raise
         return local
 
     def update(self, name: str, *, metrics: dict[str, Any] | None = None, note: str | None = None) -> AdapterVersion:
@@ -238,7 +247,7 @@ class AdapterRegistry:
         number = self._number(name)
         with self.db.session() as s:
             row = s.get(AdapterRow, number)
-            if row is None or row.status in UNPUBLISHED:
+            if row is None or row.status in GONE:
                 raise RegistryError(f"no adapter {name!r}")
             if metrics:
                 row.metrics = {**(row.metrics or {}), **metrics}
@@ -264,13 +273,13 @@ class AdapterRegistry:
         number = self._number(name)
         with self.db.session() as s:
             row = s.get(AdapterRow, number)
-            if row is None or row.status in UNPUBLISHED:
+            if row is None or row.status in GONE:
                 raise RegistryError(f"no adapter {name!r} in the registry")
             return self._to_version(row)
 
     def list(self) -> list[AdapterVersion]:
         with self.db.session() as s:
-            rows = s.scalars(select(AdapterRow).where(AdapterRow.status.not_in(UNPUBLISHED))
+            rows = s.scalars(select(AdapterRow).where(AdapterRow.status.not_in(GONE))
                              .order_by(AdapterRow.number))
             return [self._to_version(r) for r in rows]
 
@@ -283,6 +292,10 @@ class AdapterRegistry:
         return self.get(model)
 
     # ---- promotion ------------------------------------------------------------------------------------
+    def promotion_stack(self) -> list[int]:
+        """The versions successive rollbacks would return to, the promoted one last (the base model left out)."""
+        return [n for n in self._stack() if n is not None]
+
     def _stack(self) -> list[int | None]:
         with self.db.session() as s:
             events = s.execute(select(PromotionRow.kind, PromotionRow.number).order_by(PromotionRow.id)).all()

@@ -3,9 +3,10 @@ scheduler deployment, and on demand by `distillery purge` (a dry run unless told
 
 Besides the store's rows (services/store/retention.py), a deleted job's working folder goes with it, and adapter
 versions beyond the newest `adapter_versions_keep` lose their files; their registry record stays, marked `purged`,
-so a number is never reused and the promotion history still names it. Never purged: the promoted version, the one
-a rollback returns to, versions still being published, and any version while a training job runs (its candidate
-may not be promoted yet).
+so a number is never reused and the promotion history still names it (the registry serves it no more). Never
+purged: the promoted version and every one successive rollbacks would return to, versions with a label (a client
+may pin one), versions still being published, and any version while a training job runs (its candidate may not be
+promoted yet). A version whose files cannot be deleted is logged and tried again next run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy import select, update
 
 from services.config import Settings
 from services.registry import AdapterRegistry
-from services.registry.registry import RegistryError
+from services.registry.registry import PURGED
 from services.store.adapters import AdapterRow
 from services.store.db import Database
 from services.store.debates import utcnow
@@ -30,7 +31,6 @@ from services.store.retention import StorePurge, purge_store
 log = logging.getLogger(__name__)
 
 PURGEABLE_VERSIONS = ("registered", "superseded", "rolled_back")
-PURGED = "purged"
 
 
 @dataclass
@@ -67,7 +67,10 @@ class Retention:
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             for number in versions:
-                self._purge_version(number)
+                try:
+                    self._purge_version(number)
+                except (OSError, ValueError) as e:  # e.g. files outside today's storage root: the others go on
+                    log.warning("retention could not delete %s: %r", self.registry.version_name(number), e)
         report = PurgeReport(store, [str(p) for p in folders], [self.registry.version_name(n) for n in versions])
         if report.deleted() and not dry_run:
             log.info("retention deleted %s", {k: len(v) for k, v in report.as_dict().items() if isinstance(v, list)})
@@ -80,14 +83,10 @@ class Retention:
         with self.db.session() as s:
             if s.scalar(select(JobRow.id).where(JobRow.status == "running").limit(1)) is not None:
                 return []
-        versions = [v for v in reversed(self.registry.list()) if v.status != PURGED]  # published, newest first
-        promoted = self.registry.promoted()
-        try:
-            rollback = self.registry.rollback_target()
-        except RegistryError:  # nothing was ever promoted
-            rollback = None
-        live = {v.number for v in (promoted, rollback) if v is not None}
-        return sorted(v.number for v in versions[keep:] if v.status in PURGEABLE_VERSIONS and v.number not in live)
+        versions = list(reversed(self.registry.list()))  # published and not purged, newest first
+        live = set(self.registry.promotion_stack())
+        return sorted(v.number for v in versions[keep:]
+                      if v.status in PURGEABLE_VERSIONS and v.number not in live and v.label is None)
 
     def _purge_version(self, number: int) -> None:
         """Files first, then the record: a crash in between leaves a record whose files are gone, purged next run."""

@@ -41,10 +41,10 @@ class Database:
 
     @staticmethod
     def describe(url: str) -> str:
-        """The URL without its password, for logs and CLI output."""
-        from sqlalchemy.engine import make_url
+        """The URL without its password (in the user part or the query), for logs and CLI output."""
+        from services.config import masked_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        return masked_url(url)
 
     def create_all(self) -> None:
         """Upgrade the store to the newest schema revision: every table on a new database, the revisions it lacks

@@ -21,6 +21,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)  # stored naive UTC: SQLite keeps no zone
 
 
+# The key ids that are no hash of a key: requests made without keys, and the admin key (which may label any request).
+ANONYMOUS_KEY_ID, ADMIN_KEY_ID = "anonymous", "admin"
+
+
 class CaptureRow(Base):
     """One finished request (or one dataset item) waiting for, running, or done with its debate."""
 

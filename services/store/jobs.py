@@ -7,8 +7,9 @@ A job whose process died (killed, OOM, host lost) stops heartbeating and is reco
 A running job holds a fenced lease: `start` gives it the next fence of its kind, and it may act (publish a version,
 promote one) only while `Lease.renew` finds its row still running with the newest fence. A process that was only
 stalled (a long pause, a partition from the database) and was reaped meanwhile, perhaps with a second job started,
-finds its lease lost when it wakes and must stop without acting: `renew` raises LeaseLost, and the renewal itself
-is the heartbeat, so a job that has just renewed keeps its lease for the reaper's whole staleness window.
+finds its lease lost when it wakes and must stop without acting: `renew` raises LeaseLost. The renewal is also the
+heartbeat, so a renewing job is not reaped as stale (it still is past its `timeout_s` or when its pid is gone). The
+cycle renews on entering each phase: a cycle reaped while it trains stops at its next phase, before it publishes.
 """
 
 from __future__ import annotations

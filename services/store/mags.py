@@ -14,9 +14,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.store.db import Database
-from services.store.debates import CaptureRow, DeadLetterRow, DebateRow, EdgeRow, LabelRow, NodeRow, utcnow
+from services.store.debates import (
+    ADMIN_KEY_ID,
+    ANONYMOUS_KEY_ID,
+    CaptureRow,
+    DeadLetterRow,
+    DebateRow,
+    EdgeRow,
+    LabelRow,
+    NodeRow,
+    utcnow,
+)
 from services.tasks.answers import AnswerSpec, answer_type_of, read_for_eval, same_answer, spec_of
 
 
@@ -55,12 +67,11 @@ class Node:
 _NODE_FIELDS = [f.name for f in fields(Node)]
 
 
-ADMIN_KEY_ID = "admin"  # the admin key may label any request (services.gateway.auth.ADMIN_ID)
 TRUSTED_LABEL = CaptureRow.label_trusted.is_not(False)  # NULL: a label from before labellers were recorded
 
 
 def _owns(labeller: str, owner: str | None) -> bool:
-    return labeller in {ADMIN_KEY_ID, owner or "anonymous"}
+    return labeller in {ADMIN_KEY_ID, owner or ANONYMOUS_KEY_ID}
 
 
 def _agrees(gold: str | None, label: str) -> bool:
@@ -153,7 +164,7 @@ class MagStore:
                     continue
                 label = s.get(LabelRow, item["request_id"])
                 # feedback that arrived before its request: kept only when posted with the request's own key
-                if label is not None and not item.get("label") and _owns(label.key_id or "anonymous",
+                if label is not None and not item.get("label") and _owns(label.key_id or ANONYMOUS_KEY_ID,
                                                                          item.get("key_id")):
                     item = {**item, "label": label.answer, "label_source": "feedback",
                             "label_key_id": label.key_id, "label_trusted": label.trusted}
@@ -250,8 +261,8 @@ class MagStore:
                 row.status = "failed" if row.attempts >= max_attempts else "queued"
             return row.status
 
-    def add_label(self, key: str, answer: str, *, key_id: str = "anonymous", trusted: bool = True,
-                  max_relabels: int | None = None) -> tuple[str, str | None]:
+    def add_label(self, key: str, answer: str, *, key_id: str = ANONYMOUS_KEY_ID, trusted: bool = True,
+                  max_relabels: int | None = None, max_pending: int | None = None) -> tuple[str, str | None]:
         """Record a client's correct answer for a request (by x-request-id or completion id), posted with the
         API key `key_id` (only the request's own key, or the admin key, may label it).
 
@@ -260,14 +271,24 @@ class MagStore:
         (it disagreed or the item had failed: the old debate is superseded and the request debated again),
         `noted` (an untrusted label that disagrees with the finished debate: kept, the debate stands); refused,
         nothing changed: `forbidden` (another key's request or pending label), `relabel_limit` (the request
-        was labelled `max_relabels` times after its first label already).
+        was labelled `max_relabels` times after its first label already), `pending_limit` (`key_id` already
+        has `max_pending` labels waiting for requests that were never captured).
         """
+        try:
+            return self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
+        except IntegrityError:  # a concurrent first label for the same unknown request: theirs is stored now
+            return self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
+
+    def _add_label(self, key: str, answer: str, key_id: str, trusted: bool, max_relabels: int | None,
+                   max_pending: int | None) -> tuple[str, str | None]:
         with self.db.session() as s:
             row = s.scalar(select(CaptureRow).where(
                 (CaptureRow.request_id == key) | (CaptureRow.response_id == key)))
             if row is None:
                 existing = s.get(LabelRow, key)
                 if existing is None:
+                    if max_pending is not None and self._pending_labels(s, key_id) >= max_pending:
+                        return "pending_limit", key
                     s.add(LabelRow(request_id=key, answer=answer, key_id=key_id, trusted=trusted))
                 elif not _owns(key_id, existing.key_id):
                     return "forbidden", key
@@ -455,9 +476,16 @@ class MagStore:
                 out[task or "default"] = out.get(task or "default", 0) + n
         return out
 
+    @staticmethod
+    def _pending_labels(s: Session, key_id: str) -> int:
+        """Labels `key_id` posted for requests that are not in the capture queue."""
+        captured = select(CaptureRow.id).where(CaptureRow.request_id == LabelRow.request_id).exists()
+        return s.scalar(select(func.count()).select_from(LabelRow).where(LabelRow.key_id == key_id, ~captured)) or 0
+
     def task_of(self, key: str, key_id: str | None = None) -> str | None:
         """The task of a captured request (by request id or completion id); None when it is not captured, or,
-        with `key_id`, when that key may not label it (so a refusal tells nothing about another key's request)."""
+        with `key_id`, when that key may not label it (so a refusal tells nothing of another key's request beyond
+        that it exists: not its task nor what answers it takes)."""
         with self.db.session() as s:
             row = s.execute(select(CaptureRow.task, CaptureRow.key_id).where(
                 (CaptureRow.request_id == key) | (CaptureRow.response_id == key))).first()

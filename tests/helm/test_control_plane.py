@@ -138,6 +138,8 @@ def test_the_rendered_service_config_passes_the_services_exposure_check() -> Non
     env = {e["name"]: e for e in worker["env"]}
     assert env["DISTILLERY_SERVER__ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "admin-key"}
     assert env["DISTILLERY_SERVER__API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "api-keys"}
+    assert env["DISTILLERY_SERVER__LABELLER_KEYS"]["valueFrom"]["secretKeyRef"] == {
+        "name": SECRET, "key": "labeller-keys", "optional": True}
     cfg = config_of(docs)
     assert cfg["server"]["host"] == "0.0.0.0" and cfg["server"]["allow_anonymous"] is False
     # The pod's settings as the Secret fills them: the service's own start check accepts them.

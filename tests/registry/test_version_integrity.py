@@ -221,6 +221,11 @@ def test_an_object_tampered_in_s3_is_refused_by_the_replica(s3, tmp_path, model_
     assert replica.local_path(replica.get(v1.name)).is_dir()
     with pytest.raises(AdapterTampered):
         replica.local_path(replica.get(v2.name))
+    assert not (tmp_path / "r-cache" / v2.name).exists()  # the bad download is dropped, not kept and refused forever
+    with trainer.storage.fs.open_output_stream(key) as f:  # type: ignore[attr-defined]
+        data[-1] ^= 0xFF
+        f.write(bytes(data))  # the object repaired in S3
+    assert replica.local_path(replica.get(v2.name)).is_dir()  # fetched afresh and verified
     # A download over the cap is refused before it is fetched.
     small = make_registry(db_url, S3Storage(prefix, tmp_path / "s-cache", endpoint_url=s3, max_bytes=1024),
                           model_dir)

@@ -3,6 +3,9 @@ it, relabels are bounded, and an untrusted label is kept but never becomes gold 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 from sqlalchemy import select
 
 from services.store.debates import CaptureRow, LabelRow
@@ -89,3 +92,32 @@ def test_an_untrusted_label_is_not_gold_and_cannot_supersede_the_consensus(store
     # A trusted label that agrees makes the consensus feedback-confirmed gold.
     assert store.add_label("r1", "5", key_id="admin", trusted=True)[0] == "confirmed"
     assert store.get(did).gold_source == "feedback"
+
+
+def test_labels_waiting_for_requests_never_captured_are_bounded_per_key(store) -> None:
+    for i in range(3):
+        assert store.add_label(f"ghost-{i}", "5", key_id="key-a", max_pending=3) == ("pending", f"ghost-{i}")
+    assert store.add_label("ghost-3", "5", key_id="key-a", max_pending=3) == ("pending_limit", "ghost-3")
+    assert store.add_label("ghost-0", "6", key_id="key-a", max_pending=3) == ("pending", "ghost-0")  # its own, again
+    assert store.add_label("ghost-b", "5", key_id="key-b", max_pending=3) == ("pending", "ghost-b")  # other keys
+    store.enqueue([item("ghost-1", "key-a")])  # a captured request's label no longer waits
+    assert store.add_label("ghost-4", "5", key_id="key-a", max_pending=3) == ("pending", "ghost-4")
+    with store.db.session() as s:
+        assert sorted(s.scalars(select(LabelRow.request_id))) == [
+            "ghost-0", "ghost-1", "ghost-2", "ghost-4", "ghost-b"]
+    assert label_of(store, "ghost-1") == ("5", "key-a", True, 0)  # the waiting label was applied, nothing lost
+
+
+def test_concurrent_first_labels_for_one_request_all_succeed(store) -> None:
+    """The soak's feedback flood met this: two first labels for the same unknown request raced to insert it."""
+    start = threading.Barrier(8)
+
+    def post(i: int) -> tuple[str, str | None]:
+        start.wait()
+        return store.add_label("raced", str(i), key_id="key-a", max_pending=100)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, range(8)))
+    assert results == [("pending", "raced")] * 8
+    with store.db.session() as s:
+        assert s.scalar(select(LabelRow.answer).where(LabelRow.request_id == "raced")) in {str(i) for i in range(8)}

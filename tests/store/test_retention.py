@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from sqlalchemy import select, text, update
 
 from services.config import RetentionConfig, Settings
-from services.registry import AdapterRegistry
+from services.registry import AdapterRegistry, RegistryError
 from services.registry.storage import LocalStorage
 from services.scheduler.retention import Retention
 from services.store.db import Database
@@ -127,9 +127,11 @@ def test_purge_deletes_exactly_what_is_past_retention_and_the_store_keeps_workin
     assert kept is not None and len(kept.nodes) == 2 and len(kept.edges) == 1  # its graph whole
     assert not (settings.jobs_dir / f"job-{old_job}").exists() and (settings.jobs_dir / f"job-{new_job}").is_dir()
 
-    status = {v.name: v.status for v in registry.list()}
-    assert status == {"student@v1": "superseded", "student@v2": "promoted", "student@v3": "purged",
-                      "student@v4": "purged", "student@v5": "registered"}
+    status = {v.name: v.status for v in registry.list()}  # a purged version is served (and listed) no more
+    assert status == {"student@v1": "superseded", "student@v2": "promoted", "student@v5": "registered"}
+    for gone in ("student@v3", "student@v4"):
+        with pytest.raises(RegistryError):
+            registry.get(gone)
     for v in versions:
         assert Path(v.path).is_dir() == (v.name not in {"student@v3", "student@v4"})
     assert registry.rollback().name == "student@v1"  # the rollback target survived, files and all
@@ -172,3 +174,21 @@ def test_no_mag_or_adapter_version_is_purged_while_a_training_job_runs(db_url, t
 def test_a_retention_period_must_be_positive(days):
     with pytest.raises(ValueError):
         RetentionConfig(captures_days=days)
+
+
+def test_every_version_a_rollback_can_return_to_and_every_labelled_one_is_kept(db_url, tmp_path, monkeypatch):
+    monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
+    settings = Settings(data_dir=tmp_path, database_url=db_url, retention=RetentionConfig(adapter_versions_keep=1))
+    db = Database(db_url)
+    db.create_all()
+    registry = AdapterRegistry(db, LocalStorage(settings.adapters_dir), served_name="student", base_model="base",
+                               base_model_dir=None, max_rank=16)
+    versions = [registry.publish(tiny_adapter(tmp_path / f"a{i}", i)) for i in range(1, 5)]
+    canary = registry.publish(tiny_adapter(tmp_path / "a5", 5), label="canary")
+    newest = registry.publish(tiny_adapter(tmp_path / "a6", 6))
+    for v in versions[:3]:
+        registry.promote(v.name)  # the stack: v1 <- v2 <- v3 (served); v4 never promoted
+    assert Retention(settings, db, registry).run().adapter_versions == ["student@v4"]
+    assert registry.get("canary").name == canary.name and Path(canary.path).is_dir()
+    assert registry.rollback().name == "student@v2" and registry.rollback().name == "student@v1"  # two deep
+    assert Path(registry.promoted().path).is_dir() and Path(newest.path).is_dir()

@@ -110,7 +110,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: DISTILLERY_SERVER__API_KEYS
   valueFrom:
     secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: api-keys{{ if .Values.auth.allowAnonymous }}, optional: true{{ end }}}
-{{- /* Ray token auth on every Ray process (KubeRay's authOptions names the same Secret for its own calls). */}}
+- name: DISTILLERY_SERVER__LABELLER_KEYS
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.auth.existingSecret }}, key: labeller-keys, optional: true}
+{{- /* Ray token auth on every Ray process (KubeRay's authOptions names the same Secret for its own calls and reads
+the token from its `auth_token` key, hence that key's spelling). */}}
 - name: RAY_AUTH_MODE
   value: token
 - name: RAY_AUTH_TOKEN

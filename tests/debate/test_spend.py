@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from services.config import DebateConfig
-from services.debate.budget import TeacherBudget
+from services.debate.spend import TeacherBudget
 from services.debate.worker import DebateWorker
 from services.store.debates import DebateRow, utcnow
 from services.store.mags import MagStore, Node
