@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from services.tasks.arithmetic import generate
+from services.teachers.token import TOKEN_FILE
 from tests.conftest import Service, free_port
 from tests.deploy.prom import (
     Prometheus,
@@ -141,7 +142,10 @@ def test_the_chart_serve_config_serves_the_api_the_teachers_and_metrics(scraped)
     svc, _ = scraped
     models = httpx.get(f"{svc.url}/v1/models", timeout=30).json()
     assert "student" in {m["id"] for m in models["data"]}
-    assert httpx.get(f"{svc.url}/teachers/ref-exact/v1/models", timeout=30).status_code == 200  # its own app
+    teachers = f"{svc.url}/teachers/ref-exact/v1/models"  # its own app, behind the internal token
+    assert httpx.get(teachers, timeout=30).status_code == 401
+    token = (svc.data_dir / TOKEN_FILE).read_text().strip()  # no admin key here: generated into the data dir
+    assert httpx.get(teachers, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
     r = httpx.get(f"{svc.url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
 
