@@ -31,10 +31,11 @@ from ray_jobs.evaluate.gate import Decision, decide
 from ray_jobs.trees.build import TrainingData, build
 from ray_jobs.trees.encode import Encoder
 from services.config import Settings, load_settings
-from services.gateway.client import ServiceClient
 from services.registry import AdapterRegistry, AdapterVersion
+from services.service_client import ServiceClient
 from services.store.db import Database
-from services.store.jobs import JobStore, LeaseLost
+from services.store.debates import DebateStatus
+from services.store.jobs import JobOutcome, JobStatus, JobStore, LeaseLost
 from services.store.mags import Mag, MagStore
 from services.student.model_prep import base_model_id, resolve_base_model
 from services.student.tokenizer import PromptTokenizer
@@ -51,7 +52,7 @@ PAUSE_MAX_S = 3600.0
 @dataclass
 class CycleResult:
     job_id: int
-    outcome: str  # promoted | not_promoted | skipped
+    outcome: JobOutcome  # promoted | not_promoted | skipped
     reason: str
     candidate: str | None = None
     evals: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +82,7 @@ def connect_ray(settings: Settings) -> None:
 def training_mags(store: MagStore, max_mags: int) -> list[Mag]:
     """The newest `max_mags` usable MAGs (finished, with a gold and a correct answer), oldest first; never one of a
     task's held-out requests (the gate's slice)."""
-    mags = store.list(limit=max_mags, usable=True, status="done", with_graph=True, newest_first=True,
+    mags = store.list(limit=max_mags, usable=True, status=DebateStatus.DONE, with_graph=True, newest_first=True,
                       held_out=False)
     return sorted(mags, key=lambda m: m.id)
 
@@ -139,13 +140,13 @@ class Cycle:
         self.phase("data")
         mags = training_mags(self.mags, t.max_mags)
         if len(mags) < t.min_mags:
-            return self._end("skipped", f"{len(mags)} usable MAGs, fewer than training.min_mags={t.min_mags}")
+            return self._end(JobOutcome.SKIPPED, f"{len(mags)} usable MAGs, fewer than training.min_mags={t.min_mags}")
         encoder = Encoder(PromptTokenizer(self.model_path), t.max_prompt_tokens, t.max_completion_tokens)
         data, sft, trees = datasets(self.settings, mags, encoder)
         self.progress(f"[job {self.job_id}] data: {data.summary()}")
         self.jobs.set(self.job_id, data=data.summary())
         if not sft:
-            return self._end("skipped", "no SFT examples in the usable MAGs")
+            return self._end(JobOutcome.SKIPPED, "no SFT examples in the usable MAGs")
 
         self.phase("training")
         from ray_jobs.train.job import run_training
@@ -207,13 +208,13 @@ class Cycle:
     def _gate(self, candidate: str, decision: Decision, evals: dict[str, Any]) -> CycleResult:
         if not decision.promote:
             self.registry.update(candidate, note=f"not promoted: {decision.reason}")
-            return self._end("not_promoted", decision.reason, candidate, evals)
+            return self._end(JobOutcome.NOT_PROMOTED, decision.reason, candidate, evals)
         self.promote(candidate, decision.reason)
-        return self._end("promoted", decision.reason, candidate, evals)
+        return self._end(JobOutcome.PROMOTED, decision.reason, candidate, evals)
 
-    def _end(self, outcome: str, reason: str, candidate: str | None = None, evals: dict[str, Any] | None = None
+    def _end(self, outcome: JobOutcome, reason: str, candidate: str | None = None, evals: dict[str, Any] | None = None
              ) -> CycleResult:
-        self.jobs.finish(self.job_id, status="succeeded", outcome=outcome, reason=reason, phase="done")
+        self.jobs.finish(self.job_id, status=JobStatus.SUCCEEDED, outcome=outcome, reason=reason, phase="done")
         self.progress(f"[job {self.job_id}] {outcome}: {reason}")
         return CycleResult(self.job_id, outcome, reason, candidate, evals or {})
 
@@ -244,7 +245,7 @@ def run_job(settings: Settings, job_id: int, *, url: str | None = None,
         progress(f"[job {job_id}] stopped: {e}")
         raise
     except BaseException as e:
-        jobs.finish(job_id, status="failed", outcome="failed", error=f"{type(e).__name__}: {e}",
+        jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED, error=f"{type(e).__name__}: {e}",
                     reason="".join(traceback.format_exception(e))[-4000:])
         raise
     finally:

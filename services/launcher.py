@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
-from services.gateway.client import service_url
 from services.gateway.exposure import check_exposure
+from services.service_client import service_url
 from services.student.model_prep import base_model_id, resolve_base_model
 from services.teachers.token import teachers_token
 

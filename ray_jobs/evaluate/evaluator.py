@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from services.config import EvalSettings, Settings, TaskProfile
-from services.gateway.client import ServiceClient
+from services.service_client import ServiceClient
 from services.store.mags import MagStore
 from services.tasks.answers import AnswerSpec, gsm8k_gold, read_for_eval, same_answer
 from services.tasks.arithmetic import generate

@@ -122,12 +122,13 @@ class Experiment:
     def _debates(self, name: str, *, reflection: bool, url: str) -> list[Any]:
         from services.debate.batch import run_batch
         from services.store.db import Database
+        from services.store.debates import DebateStatus
         from services.store.mags import MagStore
         from services.tasks.arithmetic import generate
 
         path = self.out_dir / f"{name}.jsonl"
         store = MagStore(Database(self.settings.db_url))
-        done = [m for m in store.list(limit=100_000, status="done", with_graph=True, newest_first=False)
+        done = [m for m in store.list(limit=100_000, status=DebateStatus.DONE, with_graph=True, newest_first=False)
                 if m.source == f"batch:{path.name}"]
         if len(done) >= self.plan.train_questions:  # an earlier run of this folder debated them already
             self.say(f"debates ({name}): reusing {len(done)} finished debates from "
@@ -188,8 +189,8 @@ class Experiment:
     # ---- 3. evaluation ---------------------------------------------------------------------------------------
     def _evaluate(self, url: str, adapters: dict[str, Path]) -> None:
         from ray_jobs.evaluate.evaluator import evaluate, golden_items
-        from services.gateway.client import ServiceClient
         from services.registry import AdapterRegistry
+        from services.service_client import ServiceClient
         from services.student.model_prep import base_model_id, resolve_base_model
 
         model_path = resolve_base_model(self.settings, self.say)

@@ -154,10 +154,12 @@ class TrafficDemo:
         return {"requests": len(batch), "labelled": labelled}
 
     def _wait_debates(self, store: Any) -> None:
+        from services.store.debates import CaptureStatus
+
         t0, last = time.monotonic(), 0.0
         while True:
             counts = store.queue_counts()
-            left = counts.get("queued", 0) + counts.get("running", 0)
+            left = counts.get(CaptureStatus.QUEUED, 0) + counts.get(CaptureStatus.RUNNING, 0)
             if left == 0:
                 break
             if time.monotonic() - last > 60:
@@ -187,7 +189,7 @@ class TrafficDemo:
     def _final(self, url: str, store: Any) -> dict[str, Any]:
         """Base model and the promoted `student` on the task's held-out slice, measured here, not read from a job."""
         from ray_jobs.evaluate.evaluator import evaluate, load_slices
-        from services.gateway.client import ServiceClient
+        from services.service_client import ServiceClient
         from services.student.model_prep import base_model_id, resolve_base_model
 
         sl = next(s for s in load_slices(self.settings, store) if s.task.name == self.plan.task)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.debate.prompts import reasoning_of
+from services.store.debates import NodeStatus
 from services.store.mags import Mag, Node
 from services.tasks.answers import read_for_eval, same_answer
 
@@ -147,7 +148,8 @@ def app_items(mag: Mag, weight: float) -> list[SftItem]:
 
 def explanation_items(mag: Mag, rng: random.Random, weight: float) -> list[SftItem]:
     """FAIR: the student's mistake -> one teacher explanation of it that peer review accepted, drawn at random."""
-    accepted = [n for n in mag.of_kind("explanation") if n.status == "ok" and n.accepted and n.text and n.prompt]
+    accepted = [n for n in mag.of_kind("explanation")
+                if n.status == NodeStatus.OK and n.accepted and n.text and n.prompt]
     if not accepted:
         return []
     pick = rng.choice(accepted)

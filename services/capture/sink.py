@@ -25,6 +25,7 @@ from services.capture.policy import FinishedRequest
 from services.capture.redact import Redactor
 from services.config import DEFAULT_TASK
 from services.store.controls import Controls
+from services.store.debates import CaptureStatus
 from services.store.mags import MagStore
 from services.tasks.routing import in_holdout
 
@@ -198,7 +199,7 @@ class StoreSink:
 
     def _refresh_queued(self, written: int = 0) -> None:
         try:
-            queued = self.store.queue_counts().get("queued", 0)
+            queued = self.store.queue_counts().get(CaptureStatus.QUEUED, 0)
         except Exception:  # unreachable: the last count stands, the writes retry
             log.exception("capture queue count failed")
             queued = self._store_queued + written

@@ -41,7 +41,7 @@ from services.config import DebateConfig, TaskProfile
 from services.debate import prompts
 from services.debate.agents import Agent, Reply
 from services.debate.budget import BlockBudget
-from services.store.debates import utcnow
+from services.store.debates import DebateOutcome, DebateStatus, NodeStatus, utcnow
 from services.store.mags import Edge, MagStore, Node
 from services.tasks.answers import AnswerSpec, answer_type_of, is_valid, read_answer, read_score, same_answer, spec_of
 
@@ -69,7 +69,7 @@ class DebateInput:
 @dataclass
 class DebateResult:
     debate_id: int
-    outcome: str  # solved | unsolved | no_gold | failed
+    outcome: DebateOutcome
     rounds: int
     stop_round: int | None
     gold: str | None
@@ -113,7 +113,7 @@ class DebateEngine:
             gold=label, gold_source=gold_source, prompt_version=prompts.PROMPT_VERSION, note=note,
             task=inp.task.name if inp.task else None, held_out=inp.held_out,
             agents=[{"name": a.name, "role": a.role, "model": a.model} for a in [self.student, *teachers]],
-            status="running",
+            status=DebateStatus.RUNNING,
         )
         if inp.capture_id is not None:
             self.store.attach_debate(inp.capture_id, did)
@@ -145,28 +145,29 @@ class _Debate:
         obs = self.eng.observer
         if obs is not None:
             obs.on_reply(agent, kind, reply)
-        node = Node(round=round_, agent=agent.name, role=agent.role, kind=kind, text=reply.text, status="ok",
+        node = Node(round=round_, agent=agent.name, role=agent.role, kind=kind, text=reply.text, status=NodeStatus.OK,
                     target_agent=target, model=reply.model or agent.model, prompt=prompt,
                     prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                     latency_s=round(reply.latency_s, 4), cost_usd=reply.cost_usd, error=reply.error)
         if reply.error is not None or reply.text is None:
-            node.status = "error"
+            node.status = NodeStatus.ERROR
         elif kind == "answer":
             reading = read_answer(reply.text, self.spec, finish_reason=reply.finish_reason)
-            node.answer, node.status = reading.answer, reading.status
+            node.answer, node.status = reading.answer, NodeStatus(reading.status)
             if obs is not None:
                 obs.on_answer(agent, reading.status)
         elif kind == "review":
             node.score = read_score(reply.text)
-            node.status = "ok" if node.score is not None else "unparsed"  # FAIR drops unreadable scores
+            # FAIR drops unreadable scores
+            node.status = NodeStatus.OK if node.score is not None else NodeStatus.UNPARSED
         elif reply.finish_reason == "length":  # a cut critique, reflection or explanation teaches half a thought
-            node.status = "truncated"
+            node.status = NodeStatus.TRUNCATED
         elif kind == "critique":
             node.text = prompts.strip_prefix(reply.text, "Feedback:")
         elif kind == "reflection":
             node.text = prompts.strip_prefix(reply.text, "Self-reflection:")
-        if node.status == "ok" and kind != "answer" and not (node.text or "").strip():
-            node.status = "unparsed"
+        if node.status == NodeStatus.OK and kind != "answer" and not (node.text or "").strip():
+            node.status = NodeStatus.UNPARSED
         return node
 
     async def _phase(self, calls: list[Call]) -> list[Node]:
@@ -185,8 +186,8 @@ class _Debate:
         cfg = self.cfg
         first = await self._phase([(a, prompts.answer_prompt(self.question, self.spec), "answer", 0, None)
                                    for a in self.agents])
-        if first[0].status == "error":  # without the student's answer there is nothing to distill
-            return self._finish("failed", [first], None, error=f"student: {first[0].error}")
+        if first[0].status == NodeStatus.ERROR:  # without the student's answer there is nothing to distill
+            return self._finish(DebateOutcome.FAILED, [first], None, error=f"student: {first[0].error}")
         if self.judged:  # free form: every answer judged by the teachers; the best judged one is the reference
             await self._review([n for n in first if n.answered])
         else:
@@ -194,7 +195,7 @@ class _Debate:
         if self.gold is None:
             self.gold = self._judged_best(first) if self.judged else self._consensus(first)
             if self.gold is None:
-                return self._finish("no_gold", [first], None)
+                return self._finish(DebateOutcome.NO_GOLD, [first], None)
             self.gold_source = "consensus"
             self.store.update_debate(self.did, gold=self.gold, gold_source="consensus")
         if not self.judged:
@@ -217,7 +218,8 @@ class _Debate:
                 self._grade(nxt)
                 await self._review([n for n in nxt if n.correct])
             rounds.append(nxt)
-        return self._finish("solved" if stop is not None else "unsolved", rounds, stop)
+        outcome = DebateOutcome.SOLVED if stop is not None else DebateOutcome.UNSOLVED
+        return self._finish(outcome, rounds, stop)
 
     async def _review(self, targets: list[Node]) -> None:
         """FAIR's peer review: each target (an answer or an explanation) scored 1-5 by every teacher other than
@@ -288,7 +290,7 @@ class _Debate:
         prompt = prompts.explanation_prompt(self.question, student.text or "", self.gold or "", self.gold_source)
         made = await self._phase([(t, prompt, "explanation", 0, student.agent) for t in self.teachers])
         self.store.add_edges(self.did, [Edge(m.id, student.id, "explains") for m in made])  # type: ignore[arg-type]
-        await self._review([m for m in made if m.status == "ok"])
+        await self._review([m for m in made if m.status == NodeStatus.OK])
 
     async def _critique_phase(self, r: int, present: list[Node]) -> dict[str, list[Node]]:
         """Correct agents critique wrong ones; wrong ones reflect given the gold. Returns nodes by agent."""
@@ -308,7 +310,7 @@ class _Debate:
         self.store.add_edges(self.did, edges)
         out: dict[str, list[Node]] = {}
         for m in made:
-            if m.status == "ok":
+            if m.status == NodeStatus.OK:
                 out.setdefault(m.target_agent or m.agent, []).append(m)
         return out
 
@@ -341,7 +343,7 @@ class _Debate:
             budget = max(16, budget // 2)
 
     async def _debate_round(self, r: int, last: list[Node], feedback: dict[str, list[Node]]) -> list[Node]:
-        shown = [n for n in last if n.status != "error"]
+        shown = [n for n in last if n.status != NodeStatus.ERROR]
         nodes = await self._phase([(agent, self._prompt_for(agent, r, shown, feedback), "answer", r, None)
                                    for agent in self.agents])
         seen = [*shown, *(m for ms in feedback.values() for m in ms)]
@@ -349,7 +351,7 @@ class _Debate:
         return nodes
 
     # ---- the end -------------------------------------------------------------------------------------------
-    def _finish(self, outcome: str, rounds: list[list[Node]], stop: int | None, error: str | None = None
+    def _finish(self, outcome: DebateOutcome, rounds: list[list[Node]], stop: int | None, error: str | None = None
                 ) -> DebateResult:
         student = [n for rnd in rounds for n in rnd if n.role == "student" and n.answered]
         trainable = [n for n in self.nodes if n.accepted and (n.kind == "explanation" or n.correct)]
@@ -362,8 +364,9 @@ class _Debate:
             student[0].correct if student and student[0].round == 0 else None,
             student[-1].correct if student else None, error,
         )
+        status = DebateStatus.FAILED if outcome == DebateOutcome.FAILED else DebateStatus.DONE
         self.store.update_debate(
-            self.did, status="done" if outcome != "failed" else "failed", outcome=outcome, rounds=len(rounds),
+            self.did, status=status, outcome=outcome, rounds=len(rounds),
             stop_round=stop, usable=usable, gold=self.gold, gold_source=self.gold_source,
             student_correct_first=result.student_correct_first, student_correct_last=result.student_correct_last,
             teacher_tokens=teacher_tokens, student_tokens=student_tokens,

@@ -15,10 +15,11 @@ from prometheus_client.registry import Collector
 
 from services.debate.agents import Agent, Reply
 from services.debate.engine import DebateResult
+from services.store.debates import CaptureStatus
 from services.store.mags import MagStore
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
-QUEUE_STATES = ("queued", "running", "done", "failed")
+QUEUE_STATES = tuple(CaptureStatus)
 
 
 class _Overruled(Collector):

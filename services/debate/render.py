@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+from services.store.debates import NodeStatus
 from services.store.mags import Mag, Node
 
 
@@ -26,15 +27,20 @@ SUMMARY_HEADER = ["ID", "CREATED", "TASK", "STATUS", "OUTCOME", "ROUNDS", "GOLD 
 
 
 def _mark(n: Node) -> str:
-    if n.status == "error":
+    if n.status == NodeStatus.ERROR:
         return f"ERROR ({n.error})"
-    if n.status == "abstained":
+    if n.status == NodeStatus.ABSTAINED:
         return "abstained (not graded)"
-    if n.status == "unparsed":
+    if n.status == NodeStatus.UNPARSED:
         return "no readable final answer (not graded)"
-    if n.status == "truncated":
+    if n.status == NodeStatus.TRUNCATED:
         return "cut at max_tokens (not graded)"
     return f"{n.answer}  {'RIGHT' if n.correct else 'WRONG' if n.correct is False else ''}".rstrip()
+
+
+def _error_mark(n: Node) -> str:
+    """A failed call's mark after a rationale's header; nothing for one that came back."""
+    return f" {_mark(n)}" if n.status == NodeStatus.ERROR else ""
 
 
 def _body(text: str | None, indent: str = "      ", width: int = 100, max_lines: int = 8) -> str:
@@ -73,21 +79,20 @@ def render_mag(m: Mag, full: bool = False) -> str:
         if explanations:
             out.append("  --- FAIR: the teachers explain the student's mistake ---")
         for n in explanations:
-            out.append(f"  {n.agent} explains:{_review(n)}" + (f" {_mark(n)}" if n.status == "error" else ""))
+            out.append(f"  {n.agent} explains:{_review(n)}" + _error_mark(n))
             out.append(_body(n.text, max_lines=max_lines))
         reviews = m.of_kind("review", r)
         if reviews:
             out.append("  --- peer review (FAIR) ---")
-            out += [f"  {n.agent} -> {n.target_agent}: "
-                    f"{n.score if n.score is not None else 'unparsable (dropped)' if n.status != 'error' else _mark(n)}"
-                    for n in reviews]
+            out += [f"  {n.agent} -> {n.target_agent}: " + (str(n.score) if n.score is not None else
+                    _mark(n) if n.status == NodeStatus.ERROR else "unparsable (dropped)") for n in reviews]
         crit, refl = m.of_kind("critique", r), m.of_kind("reflection", r)
         if crit or refl:
             out.append("  --- critiques and self-reflections ---")
         for n in crit:
-            out.append(f"  {n.agent} critiques {n.target_agent}:" + (f" {_mark(n)}" if n.status == "error" else ""))
+            out.append(f"  {n.agent} critiques {n.target_agent}:" + _error_mark(n))
             out.append(_body(n.text, max_lines=max_lines))
         for n in refl:
-            out.append(f"  {n.agent} reflects:" + (f" {_mark(n)}" if n.status == "error" else ""))
+            out.append(f"  {n.agent} reflects:" + _error_mark(n))
             out.append(_body(n.text, max_lines=max_lines))
     return "\n".join(out)

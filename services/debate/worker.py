@@ -21,6 +21,7 @@ from services.config import DebateConfig, TaskProfile
 from services.debate.engine import DebateEngine, DebateInput
 from services.debate.spend import TeacherBudget
 from services.store.controls import Controls
+from services.store.debates import DebateOutcome
 from services.store.mags import CaptureItem, MagStore
 from services.tasks.answers import canonical_answer, is_valid
 
@@ -85,7 +86,7 @@ class DebateWorker:
             try:
                 result = await self.engine.run(DebateInput(item.question, item.label, item.label_source, item.id,
                                                            task=task, held_out=item.held_out))
-                ok, error = result.outcome != "failed", result.error
+                ok, error = result.outcome != DebateOutcome.FAILED, result.error
             except Exception as e:
                 log.exception("debate of capture item %d failed", item.id)
                 ok, error = False, f"{type(e).__name__}: {e}"[:500]

@@ -57,10 +57,6 @@ class Auth:
         self._anonymous = Principal(ANONYMOUS_KEY_ID, frozenset(anonymous))
         self._admin = Principal(ADMIN_KEY_ID, frozenset({INFERENCE, LABELLER, TRUSTED, ADMIN}))
 
-    @property
-    def client_auth(self) -> bool:
-        return bool(self._client_keys)
-
     def _client(self, key: str) -> Principal:
         key_id = key_id_of(key)
         scopes = {INFERENCE}

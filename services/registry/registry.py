@@ -30,16 +30,15 @@ from sqlalchemy.exc import IntegrityError
 from services.registry import manifest
 from services.registry.storage import AdapterStorage, LocalStorage, storage_from_settings
 from services.registry.validate import AdapterInfo, AdapterInvalid, validate_adapter
-from services.store.adapters import AdapterRow, PromotionRow, utcnow
+from services.store.adapters import AdapterRow, AdapterStatus, PromotionRow, utcnow
 from services.store.db import Database
 
 log = logging.getLogger(__name__)
 
 # Statuses of a number taken by a publish that has not (or never will have) its files registered: never served.
-UNPUBLISHED = frozenset({"reserved", "abandoned"})
+UNPUBLISHED = frozenset({AdapterStatus.RESERVED, AdapterStatus.ABANDONED})
 # A version whose files retention deleted: its record keeps the number taken and the history readable, never served.
-PURGED = "purged"
-GONE = UNPUBLISHED | {PURGED}
+GONE = UNPUBLISHED | {AdapterStatus.PURGED}
 # A reservation older than this belongs to a publisher that died: the next publish abandons it and deletes its files.
 RESERVATION_TIMEOUT = timedelta(hours=6)
 RESERVE_ATTEMPTS = 50
@@ -168,10 +167,10 @@ class AdapterRegistry:
             stored = self.storage.put(src, self.version_name(number))
             with self.db.session() as s:
                 row = s.get(AdapterRow, number)
-                if row is None or row.status != "reserved":
+                if row is None or row.status != AdapterStatus.RESERVED:
                     raise RegistryError(f"the reservation of {self.version_name(number)} was abandoned "
                                         f"(publish took over {RESERVATION_TIMEOUT})")
-                row.path, row.label, row.status = stored.location, label, "registered"
+                row.path, row.label, row.status = stored.location, label, AdapterStatus.REGISTERED
                 row.sha256, row.files = manifest.digest(stored.files), manifest.to_json(stored.files)
         except IntegrityError as e:  # another publisher registered the same label meanwhile
             self._abandon(number)
@@ -192,7 +191,7 @@ class AdapterRegistry:
                     number = s.scalar(
                         insert(AdapterRow).values(number=next_number, path="", base_model=self.base_model,
                                                   rank=info.rank, target_modules=info.target_modules,
-                                                  status="reserved", created_at=utcnow(), **fields)
+                                                  status=AdapterStatus.RESERVED, created_at=utcnow(), **fields)
                         .returning(AdapterRow.number)
                     )
                     s.get_one(AdapterRow, number).path = self.storage.location(self.version_name(number))
@@ -207,7 +206,7 @@ class AdapterRegistry:
             row = s.get(AdapterRow, number)
             if row is None or row.status not in UNPUBLISHED:
                 return
-            row.status, location = "abandoned", row.path
+            row.status, location = AdapterStatus.ABANDONED, row.path
         try:
             self.storage.delete(location)
         except OSError:
@@ -217,7 +216,7 @@ class AdapterRegistry:
         cutoff = datetime.now(UTC) - RESERVATION_TIMEOUT
         with self.db.session() as s:
             reserved = s.execute(select(AdapterRow.number, AdapterRow.created_at)
-                                 .where(AdapterRow.status == "reserved")).all()
+                                 .where(AdapterRow.status == AdapterStatus.RESERVED)).all()
         for number, created_at in reserved:
             if (created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)) < cutoff:
                 log.warning("abandoning %s: reserved at %s by a publisher that never finished",
@@ -324,8 +323,8 @@ class AdapterRegistry:
             return target
         with self.db.session() as s:
             if current is not None:
-                s.get(AdapterRow, current.number).status = "superseded"  # type: ignore[union-attr]
-            s.get(AdapterRow, target.number).status = "promoted"  # type: ignore[union-attr]
+                s.get(AdapterRow, current.number).status = AdapterStatus.SUPERSEDED  # type: ignore[union-attr]
+            s.get(AdapterRow, target.number).status = AdapterStatus.PROMOTED  # type: ignore[union-attr]
             s.add(PromotionRow(kind="promote", number=target.number, reason=reason))
         return self.get(target.name)
 
@@ -343,10 +342,10 @@ class AdapterRegistry:
         stack = self._stack()
         with self.db.session() as s:
             if stack[-1] is not None:
-                s.get(AdapterRow, stack[-1]).status = "rolled_back"  # type: ignore[union-attr]
+                s.get(AdapterRow, stack[-1]).status = AdapterStatus.ROLLED_BACK  # type: ignore[union-attr]
             previous = stack[-2] if len(stack) > 1 else None
             if previous is not None:
-                s.get(AdapterRow, previous).status = "promoted"  # type: ignore[union-attr]
+                s.get(AdapterRow, previous).status = AdapterStatus.PROMOTED  # type: ignore[union-attr]
             s.add(PromotionRow(kind="rollback", number=previous, reason=reason))
         return self.promoted()
 

@@ -11,12 +11,12 @@ import ray
 from ray import serve
 
 from services.config import Settings
-from services.gateway.client import ServiceClient, service_url
 from services.registry import AdapterRegistry
 from services.scheduler.metrics import TrainingMetrics
 from services.scheduler.retention import Retention
 from services.scheduler.scheduler import STALE_S, TrainingScheduler
 from services.scheduler.watch import RolloutWatch
+from services.service_client import ServiceClient, service_url
 from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore

@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from services.registry import AdapterRegistry
 from services.scheduler.watch import last_promotion, live_accuracy
 from services.store.controls import Controls
-from services.store.jobs import JobStore
+from services.store.jobs import JobOutcome, JobStatus, JobStore
 from services.store.mags import MagStore
 from services.tasks.answers import AnswerSpec
 
-OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
+OUTCOMES = (JobOutcome.PROMOTED, JobOutcome.NOT_PROMOTED, JobOutcome.SKIPPED, JobOutcome.FAILED)
 
 
 class TrainingMetrics:
@@ -63,7 +63,7 @@ class TrainingMetrics:
         for outcome in OUTCOMES:
             self.runs.labels(outcome).set(counts.get(outcome, 0))
         self.running.set(1 if self.jobs.running() else 0)
-        last_ok = self.jobs.last(status="succeeded")
+        last_ok = self.jobs.last(status=JobStatus.SUCCEEDED)
         if last_ok is not None and last_ok.finished_at is not None:
             self.last_success.set(last_ok.finished_at.replace(tzinfo=UTC).timestamp())  # stored naive UTC
         trained = next((j for j in self.jobs.list(50) if j.metrics.get("train")), None)

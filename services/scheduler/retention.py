@@ -21,16 +21,15 @@ from sqlalchemy import select, update
 
 from services.config import Settings
 from services.registry import AdapterRegistry
-from services.registry.registry import PURGED
-from services.store.adapters import AdapterRow
+from services.store.adapters import AdapterRow, AdapterStatus
 from services.store.db import Database
 from services.store.debates import utcnow
-from services.store.jobs import JobRow
+from services.store.jobs import JobRow, JobStatus
 from services.store.retention import StorePurge, purge_store
 
 log = logging.getLogger(__name__)
 
-PURGEABLE_VERSIONS = ("registered", "superseded", "rolled_back")
+PURGEABLE_VERSIONS = (AdapterStatus.REGISTERED, AdapterStatus.SUPERSEDED, AdapterStatus.ROLLED_BACK)
 
 
 @dataclass
@@ -81,7 +80,7 @@ class Retention:
         if keep is None:
             return []
         with self.db.session() as s:
-            if s.scalar(select(JobRow.id).where(JobRow.status == "running").limit(1)) is not None:
+            if s.scalar(select(JobRow.id).where(JobRow.status == JobStatus.RUNNING).limit(1)) is not None:
                 return []
         versions = list(reversed(self.registry.list()))  # published and not purged, newest first
         live = set(self.registry.promotion_stack())
@@ -95,4 +94,5 @@ class Retention:
         shutil.rmtree(self.settings.adapter_cache_dir / version.name, ignore_errors=True)  # an object store's copy
         with self.db.session() as s:
             s.execute(update(AdapterRow).where(AdapterRow.number == number, AdapterRow.status.in_(PURGEABLE_VERSIONS))
-                      .values(status=PURGED, note=f"files deleted by retention at {utcnow().isoformat()}Z"))
+                      .values(status=AdapterStatus.PURGED,
+                              note=f"files deleted by retention at {utcnow().isoformat()}Z"))

@@ -24,7 +24,7 @@ from typing import Any
 from services.config import Settings
 from services.store.controls import Controls
 from services.store.debates import utcnow
-from services.store.jobs import Job, JobRunning, JobStore
+from services.store.jobs import Job, JobOutcome, JobRunning, JobStatus, JobStore
 from services.store.mags import MagStore
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ class TrainingScheduler:
         try:
             proc = self.launcher(job_id, self.url, self.log_path(job_id), env)
         except Exception as e:
-            self.jobs.finish(job_id, status="failed", outcome="failed", error=f"could not start: {e!r}")
+            self.jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED,
+                             error=f"could not start: {e!r}")
             raise
         self.procs[job_id] = proc
         self.jobs.set(job_id, pid=proc.pid)
@@ -103,7 +104,7 @@ class TrainingScheduler:
             return False
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        self.jobs.finish(job_id, status="failed", outcome="failed", error="cancelled by an operator")
+        self.jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED, error="cancelled by an operator")
         return True
 
     def poll(self) -> None:
@@ -114,7 +115,7 @@ class TrainingScheduler:
                 continue
             del self.procs[job_id]
             # A cycle records its own outcome; if the row is still open, the process died without doing so.
-            self.jobs.finish(job_id, status="failed", outcome="failed",
+            self.jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED,
                              error=f"job process exited with {_describe(code)}; log: {self.log_path(job_id)}")
         for job_id in self.jobs.reap(STALE_S, self.cfg.timeout_minutes * 60):
             proc = self.procs.pop(job_id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text
@@ -13,6 +14,20 @@ from services.store.db import Base
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class AdapterStatus(StrEnum):
+    """An adapter version's `status`: reserved -> registered -> promoted -> superseded | rolled_back; a candidate
+    refused by a gate stays registered; a publish that failed or never finished ends abandoned (never served, its
+    number never reused)."""
+
+    RESERVED = "reserved"
+    REGISTERED = "registered"
+    PROMOTED = "promoted"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
+    ABANDONED = "abandoned"
+    PURGED = "purged"  # retention deleted its files: the record keeps the number taken, never served
 
 
 class AdapterRow(Base):
@@ -27,9 +42,7 @@ class AdapterRow(Base):
     rank: Mapped[int] = mapped_column(Integer)
     target_modules: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # reserved -> registered -> promoted -> superseded | rolled_back; a candidate refused by a gate stays
-    # registered; a publish that failed or never finished ends `abandoned` (never served, its number never reused).
-    status: Mapped[str] = mapped_column(String(32), default="registered")
+    status: Mapped[str] = mapped_column(String(32), default=AdapterStatus.REGISTERED)  # AdapterStatus
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)

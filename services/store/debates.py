@@ -9,6 +9,7 @@ Nodes are written as each phase ends, so a debate cut short keeps everything it 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
@@ -23,6 +24,37 @@ def utcnow() -> datetime:
 
 # The key ids that are no hash of a key: requests made without keys, and the admin key (which may label any request).
 ANONYMOUS_KEY_ID, ADMIN_KEY_ID = "anonymous", "admin"
+
+
+class CaptureStatus(StrEnum):
+    """A capture queue item's `status`: queued for a debate, running one (leased by a worker), done, or failed
+    after using up its attempts."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DebateStatus(StrEnum):
+    """A debate's `status`: running, then done (its outcome recorded), interrupted (its worker stopped), failed,
+    or superseded (a client's later label re-queued its request; never usable)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class DebateOutcome(StrEnum):
+    """How a finished debate ended (its `outcome`): the student solved it within the rounds or not, no gold to
+    grade against, or failed (a call the debate could not do without)."""
+
+    SOLVED = "solved"
+    UNSOLVED = "unsolved"
+    NO_GOLD = "no_gold"
+    FAILED = "failed"
 
 
 class CaptureRow(Base):
@@ -45,7 +77,7 @@ class CaptureRow(Base):
     label_key_id: Mapped[str | None] = mapped_column(String(64))  # the key that posted its feedback label
     label_trusted: Mapped[bool | None] = mapped_column(Boolean)  # a trusted labeller's (NULL: from before keys)
     relabels: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # feedback after the first
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed
+    status: Mapped[str] = mapped_column(String(16), default=CaptureStatus.QUEUED, index=True)  # CaptureStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(80))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
@@ -88,8 +120,8 @@ class DebateRow(Base):
     answer_kind: Mapped[str] = mapped_column(String(16))
     gold: Mapped[str | None] = mapped_column(Text)
     gold_source: Mapped[str] = mapped_column(String(16), default="none")  # feedback|dataset|consensus|none
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running|done|interrupted|failed
-    outcome: Mapped[str | None] = mapped_column(String(32), index=True)  # solved | unsolved | no_gold | failed
+    status: Mapped[str] = mapped_column(String(16), default=DebateStatus.RUNNING, index=True)  # DebateStatus
+    outcome: Mapped[str | None] = mapped_column(String(32), index=True)  # DebateOutcome
     stop_round: Mapped[int | None] = mapped_column(Integer)
     rounds: Mapped[int] = mapped_column(Integer, default=0)
     usable: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -107,6 +139,18 @@ class DebateRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
 
 
+class NodeStatus(StrEnum):
+    """An agent output's `status`: ok (an answer read, a review's score read, a rationale written), unparsed,
+    abstained (an answer that declines), truncated (cut at the token limit), or error (the call failed). The first
+    four are an answer reading's (services/tasks/answers.py `Status`)."""
+
+    OK = "ok"
+    UNPARSED = "unparsed"
+    ABSTAINED = "abstained"
+    TRUNCATED = "truncated"
+    ERROR = "error"
+
+
 class NodeRow(Base):
     """One agent output: an answer in a round, a critique, a self-reflection, or a peer review."""
 
@@ -122,7 +166,7 @@ class NodeRow(Base):
     prompt: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))  # ok | unparsed | abstained | truncated | error
+    status: Mapped[str] = mapped_column(String(16))  # NodeStatus
     correct: Mapped[bool | None] = mapped_column(Boolean)
     score: Mapped[float | None] = mapped_column(Float)  # review: the 1-5 score read
     review_mean: Mapped[float | None] = mapped_column(Float)  # answer: mean peer score

@@ -18,6 +18,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, func, select, text, update
@@ -26,6 +27,24 @@ from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from services.store.db import Base, Database
 from services.store.debates import utcnow
+
+
+class JobStatus(StrEnum):
+    """A job's `status`: running until it ends, then succeeded (it reached an outcome) or failed."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class JobOutcome(StrEnum):
+    """How a job ended (its `outcome`; NULL while it runs)."""
+
+    PROMOTED = "promoted"
+    NOT_PROMOTED = "not_promoted"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    LOST_LEASE = "lost_lease"  # reaped or superseded while it ran: it stopped without acting
 
 
 class JobRow(Base):
@@ -37,8 +56,8 @@ class JobRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16), default="train")
     trigger: Mapped[str] = mapped_column(String(32))  # schedule | api | cli | experiment
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running|succeeded|failed
-    outcome: Mapped[str | None] = mapped_column(String(32))  # promoted | not_promoted | skipped | failed
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.RUNNING, index=True)  # JobStatus
+    outcome: Mapped[str | None] = mapped_column(String(32))  # JobOutcome
     phase: Mapped[str] = mapped_column(String(32), default="starting")
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
@@ -137,26 +156,26 @@ class JobStore:
         newer = aliased(JobRow)
         with self.db.session() as s:
             held = s.execute(update(JobRow).where(
-                JobRow.id == job_id, JobRow.status == "running", JobRow.fence == fence,
+                JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.fence == fence,
                 ~select(newer.id).where(newer.kind == JobRow.kind, newer.fence > fence).exists(),
             ).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)).rowcount
         if held != 1:
             job = self.get(job_id)
             why = ("no such job" if job is None else f"it is {job.status} ({job.error or job.outcome})"
-                   if job.status != "running" else f"a newer job of kind {job.kind} holds a later fence")
+                   if job.status != JobStatus.RUNNING else f"a newer job of kind {job.kind} holds a later fence")
             raise LeaseLost(job_id, why)
 
     def lost(self, job_id: int, error: LeaseLost) -> None:
         """Record on the job's own row that it stopped because it had lost its lease (its row stays failed)."""
         with self.db.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status != "succeeded").values(
-                status="failed", outcome="lost_lease", reason=str(error),
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status != JobStatus.SUCCEEDED).values(
+                status=JobStatus.FAILED, outcome=JobOutcome.LOST_LEASE, reason=str(error),
                 finished_at=func.coalesce(JobRow.finished_at, utcnow())))
 
-    def finish(self, job_id: int, *, status: str, outcome: str, **values: Any) -> None:
+    def finish(self, job_id: int, *, status: JobStatus, outcome: JobOutcome, **values: Any) -> None:
         """Close a job once: a row already closed (e.g. reaped) keeps its first ending."""
         with self.db.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running").values(
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING).values(
                 status=status, outcome=outcome, finished_at=utcnow(), heartbeat_at=utcnow(), **values))
 
     def reap(self, stale_s: float, timeout_s: float | None = None) -> list[int]:
@@ -168,7 +187,7 @@ class JobStore:
         reaped = []
         with self.db.session() as s:
             running = s.execute(select(JobRow.id, JobRow.host, JobRow.pid, JobRow.started_at, JobRow.heartbeat_at)
-                                .where(JobRow.status == "running")).all()
+                                .where(JobRow.status == JobStatus.RUNNING)).all()
         for job_id, job_host, pid, started_at, heartbeat_at in running:
             why = None
             if heartbeat_at < now - timedelta(seconds=stale_s):
@@ -181,8 +200,8 @@ class JobStore:
                 continue
             with self.db.session() as s:
                 done = s.execute(update(JobRow).where(
-                    JobRow.id == job_id, JobRow.status == "running", JobRow.heartbeat_at == heartbeat_at,
-                ).values(status="failed", outcome="failed", error=why, finished_at=now)).rowcount
+                    JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.heartbeat_at == heartbeat_at,
+                ).values(status=JobStatus.FAILED, outcome=JobOutcome.FAILED, error=why, finished_at=now)).rowcount
             if done == 1:
                 reaped.append(job_id)
         return reaped
@@ -194,14 +213,14 @@ class JobStore:
 
     def running(self, kind: str = "train") -> Job | None:
         with self.db.session() as s:
-            row = s.scalar(select(JobRow).where(JobRow.kind == kind, JobRow.status == "running"))
+            row = s.scalar(select(JobRow).where(JobRow.kind == kind, JobRow.status == JobStatus.RUNNING))
             return _job(row) if row else None
 
     def list(self, limit: int = 20) -> list[Job]:
         with self.db.session() as s:
             return [_job(r) for r in s.scalars(select(JobRow).order_by(JobRow.id.desc()).limit(limit))]
 
-    def last(self, kind: str = "train", status: str | None = None) -> Job | None:
+    def last(self, kind: str = "train", status: JobStatus | None = None) -> Job | None:
         q = select(JobRow).where(JobRow.kind == kind)
         if status is not None:
             q = q.where(JobRow.status == status)
@@ -211,7 +230,7 @@ class JobStore:
 
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:
-            return {o or "running": n for o, n in s.execute(
+            return {o or JobStatus.RUNNING.value: n for o, n in s.execute(
                 select(JobRow.outcome, func.count()).group_by(JobRow.outcome))}
 
 

@@ -22,11 +22,14 @@ from services.store.debates import (
     ADMIN_KEY_ID,
     ANONYMOUS_KEY_ID,
     CaptureRow,
+    CaptureStatus,
     DeadLetterRow,
     DebateRow,
+    DebateStatus,
     EdgeRow,
     LabelRow,
     NodeRow,
+    NodeStatus,
     utcnow,
 )
 from services.tasks.answers import AnswerSpec, answer_type_of, read_for_eval, same_answer, spec_of
@@ -41,7 +44,7 @@ class Node:
     role: str
     kind: str  # answer | critique | reflection | explanation | review
     text: str | None
-    status: str  # ok | unparsed | abstained | truncated | error
+    status: str  # NodeStatus
     answer: str | None = None
     correct: bool | None = None
     target_agent: str | None = None
@@ -61,7 +64,7 @@ class Node:
     def answered(self) -> bool:
         """An answer that is graded right or wrong: a final answer was read (an unparsed, abstained or truncated
         reply, or a failed call, is neither)."""
-        return self.kind == "answer" and self.status == "ok"
+        return self.kind == "answer" and self.status == NodeStatus.OK
 
 
 _NODE_FIELDS = [f.name for f in fields(Node)]
@@ -189,15 +192,15 @@ class MagStore:
         """Take up to n queued items for `owner` (portable: a conditional update, no row locks needed)."""
         now = utcnow()
         with self.db.session() as s:
-            ids = list(s.scalars(select(CaptureRow.id).where(CaptureRow.status == "queued")
-                                 .order_by(CaptureRow.id).limit(n)))
+            queued = CaptureRow.status == CaptureStatus.QUEUED
+            ids = list(s.scalars(select(CaptureRow.id).where(queued).order_by(CaptureRow.id).limit(n)))
             if not ids:
                 return []
-            s.execute(update(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.status == "queued").values(
-                status="running", lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+            s.execute(update(CaptureRow).where(CaptureRow.id.in_(ids), queued).values(
+                status=CaptureStatus.RUNNING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
                 attempts=CaptureRow.attempts + 1, updated_at=now))
             rows = s.scalars(select(CaptureRow).where(CaptureRow.id.in_(ids), CaptureRow.lease_owner == owner,
-                                                      CaptureRow.status == "running"))
+                                                      CaptureRow.status == CaptureStatus.RUNNING))
             # an untrusted client label is not given to the debate as its gold: the teachers decide (see finish_item)
             return [CaptureItem(r.id, r.request_id, r.source, r.question, *(
                 (r.label, r.label_source) if r.label_trusted is not False else (None, None)), r.attempts,
@@ -216,19 +219,20 @@ class MagStore:
         now = utcnow()
         requeued = failed = 0
         with self.db.session() as s:
-            stale = list(s.scalars(select(CaptureRow).where(CaptureRow.status == "running",
+            stale = list(s.scalars(select(CaptureRow).where(CaptureRow.status == CaptureStatus.RUNNING,
                                                             CaptureRow.lease_until < now)))
             for row in stale:
                 if row.debate_id is not None:
-                    s.execute(update(DebateRow).where(DebateRow.id == row.debate_id, DebateRow.status == "running")
-                              .values(status="interrupted", usable=False, finished_at=now,
+                    s.execute(update(DebateRow).where(DebateRow.id == row.debate_id,
+                                                      DebateRow.status == DebateStatus.RUNNING)
+                              .values(status=DebateStatus.INTERRUPTED, usable=False, finished_at=now,
                                       note="the worker stopped mid-debate; the request was re-queued"))
                 row.lease_owner, row.lease_until, row.debate_id, row.updated_at = None, None, None, now
                 if row.attempts >= max_attempts:
-                    row.status, row.error = "failed", f"interrupted {row.attempts} times"
+                    row.status, row.error = CaptureStatus.FAILED, f"interrupted {row.attempts} times"
                     failed += 1
                 else:
-                    row.status = "queued"
+                    row.status = CaptureStatus.QUEUED
                     requeued += 1
         return requeued, failed
 
@@ -251,14 +255,14 @@ class MagStore:
                 elif row.label_trusted is False:
                     debate.note = "an untrusted client label disagreed with the teachers' consensus: not used"
                 else:
-                    debate.status, debate.usable = "superseded", False
+                    debate.status, debate.usable = DebateStatus.SUPERSEDED, False
                     debate.note = "a client label arrived during the debate and disagreed with its gold"
-                    row.status, row.debate_id = "queued", None
+                    row.status, row.debate_id = CaptureStatus.QUEUED, None
                     return "requeued"
             if ok:
-                row.status = "done"
+                row.status = CaptureStatus.DONE
             else:
-                row.status = "failed" if row.attempts >= max_attempts else "queued"
+                row.status = CaptureStatus.FAILED if row.attempts >= max_attempts else CaptureStatus.QUEUED
             return row.status
 
     def add_label(self, key: str, answer: str, *, key_id: str = ANONYMOUS_KEY_ID, trusted: bool = True,
@@ -303,18 +307,18 @@ class MagStore:
                 row.relabels += 1
             row.label, row.label_source, row.updated_at = answer, "feedback", utcnow()
             row.label_key_id, row.label_trusted = key_id, trusted
-            if row.status in {"queued", "running"}:
+            if row.status in {CaptureStatus.QUEUED, CaptureStatus.RUNNING}:
                 return "queued", row.request_id
             debate = s.get(DebateRow, row.debate_id) if row.debate_id else None
-            if row.status == "done" and debate is not None and _agrees(debate.gold, answer):
+            if row.status == CaptureStatus.DONE and debate is not None and _agrees(debate.gold, answer):
                 debate.gold_source = "feedback"
                 return "confirmed", row.request_id
-            if row.status == "done" and debate is not None and not trusted:
+            if row.status == CaptureStatus.DONE and debate is not None and not trusted:
                 return "noted", row.request_id
             if debate is not None:
-                debate.status, debate.usable = "superseded", False
+                debate.status, debate.usable = DebateStatus.SUPERSEDED, False
                 debate.note = "a client label disagreed with this debate's gold"
-            row.status, row.debate_id, row.attempts, row.error = "queued", None, 0, None
+            row.status, row.debate_id, row.attempts, row.error = CaptureStatus.QUEUED, None, 0, None
             return "requeued", row.request_id
 
     def set_label(self, item_id: int, label: str | None, error: str | None = None) -> None:
@@ -366,9 +370,9 @@ class MagStore:
     def interrupt_running(self, source: str, since: datetime, note: str) -> int:
         """Mark debates of `source` started after `since` and still running as interrupted (batch mode's cleanup)."""
         with self.db.session() as s:
-            r = s.execute(update(DebateRow).where(DebateRow.source == source, DebateRow.status == "running",
+            r = s.execute(update(DebateRow).where(DebateRow.source == source, DebateRow.status == DebateStatus.RUNNING,
                                                   DebateRow.created_at >= since)
-                          .values(status="interrupted", usable=False, finished_at=utcnow(), note=note))
+                          .values(status=DebateStatus.INTERRUPTED, usable=False, finished_at=utcnow(), note=note))
             return r.rowcount or 0
 
     # ---- MAGs: reading --------------------------------------------------------------------------------------
@@ -390,7 +394,7 @@ class MagStore:
             row = s.get(DebateRow, debate_id)
             return self._mag(s, row, True) if row else None
 
-    def list(self, *, limit: int = 50, usable: bool | None = None, status: str | None = None,
+    def list(self, *, limit: int = 50, usable: bool | None = None, status: DebateStatus | None = None,
              since: datetime | None = None, with_graph: bool = False, newest_first: bool = True,
              held_out: bool | None = None, task: str | None = None) -> list[Mag]:
         q = select(DebateRow)
@@ -411,11 +415,13 @@ class MagStore:
 
     def usable_since(self, since: datetime | None = None, limit: int = 10_000) -> list[Mag]:
         """The training loop's query: finished MAGs usable for training, finished after `since`, oldest first."""
-        return self.list(limit=limit, usable=True, status="done", since=since, with_graph=True, newest_first=False)
+        return self.list(limit=limit, usable=True, status=DebateStatus.DONE, since=since, with_graph=True,
+                         newest_first=False)
 
     def count_usable_since(self, since: datetime | None) -> int:
         """Usable finished MAGs that finished after `since` (the scheduler's "fresh MAGs")."""
-        q = select(func.count()).select_from(DebateRow).where(DebateRow.usable.is_(True), DebateRow.status == "done")
+        q = select(func.count()).select_from(DebateRow).where(DebateRow.usable.is_(True),
+                                                              DebateRow.status == DebateStatus.DONE)
         if since is not None:
             q = q.where(DebateRow.finished_at > since)
         with self.db.session() as s:
@@ -458,7 +464,7 @@ class MagStore:
             (CaptureRow.task == task) | CaptureRow.task.is_(None))
         label = case((TRUSTED_LABEL, CaptureRow.label), else_=None)
         q = (select(CaptureRow.request_id, CaptureRow.messages, label, DebateRow.gold)
-             .outerjoin(DebateRow, (DebateRow.id == CaptureRow.debate_id) & (DebateRow.status == "done"))
+             .outerjoin(DebateRow, (DebateRow.id == CaptureRow.debate_id) & (DebateRow.status == DebateStatus.DONE))
              .where(CaptureRow.held_out.is_(True), CaptureRow.source == "traffic", task_is)
              .where(label.is_not(None) | DebateRow.gold.is_not(None))
              .order_by(CaptureRow.id.desc()).limit(limit))
@@ -496,14 +502,15 @@ class MagStore:
     def stats(self) -> dict[str, Any]:
         """Totals for metrics and the CLI."""
         with self.db.session() as s:
-            outcomes = dict(s.execute(select(DebateRow.outcome, func.count()).where(DebateRow.status == "done")
+            done = DebateRow.status == DebateStatus.DONE
+            outcomes = dict(s.execute(select(DebateRow.outcome, func.count()).where(done)
                                       .group_by(DebateRow.outcome)).all())
             usable = s.scalar(select(func.count()).select_from(DebateRow).where(
-                DebateRow.usable.is_(True), DebateRow.status == "done")) or 0
+                DebateRow.usable.is_(True), done)) or 0
             reviewed, accepted = s.execute(select(func.coalesce(func.sum(DebateRow.reviewed_rationales), 0),
                                                   func.coalesce(func.sum(DebateRow.accepted_rationales), 0))
-                                           .where(DebateRow.status == "done")).one()
+                                           .where(done)).one()
             overruled = s.scalar(select(func.count()).select_from(DebateRow).where(
-                DebateRow.status == "superseded", DebateRow.gold_source == "consensus")) or 0
+                DebateRow.status == DebateStatus.SUPERSEDED, DebateRow.gold_source == "consensus")) or 0
         return {"outcomes": outcomes, "usable": usable, "reviewed": int(reviewed), "accepted": int(accepted),
                 "overruled": overruled, "queue": self.queue_counts()}

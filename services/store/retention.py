@@ -18,10 +18,19 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.store.db import Database
-from services.store.debates import CaptureRow, DeadLetterRow, DebateRow, EdgeRow, LabelRow, NodeRow
-from services.store.jobs import JobRow
+from services.store.debates import (
+    CaptureRow,
+    CaptureStatus,
+    DeadLetterRow,
+    DebateRow,
+    DebateStatus,
+    EdgeRow,
+    LabelRow,
+    NodeRow,
+)
+from services.store.jobs import JobRow, JobStatus
 
-FINISHED_CAPTURES = ("done", "failed")
+FINISHED_CAPTURES = (CaptureStatus.DONE, CaptureStatus.FAILED)
 CHUNK = 500  # ids per IN (...) list: within every database's bound on parameters
 
 
@@ -56,16 +65,16 @@ def purge_store(db: Database, *, captures_before: datetime | None, mags_before: 
             out.dead_letters = list(s.scalars(select(DeadLetterRow.id).where(
                 DeadLetterRow.created_at < captures_before).order_by(DeadLetterRow.id)))
         if mags_before is not None:
-            if s.scalar(select(JobRow.id).where(JobRow.status == "running").limit(1)) is not None:
+            if s.scalar(select(JobRow.id).where(JobRow.status == JobStatus.RUNNING).limit(1)) is not None:
                 out.mags_skipped = "a training job is running"
             else:
                 out.mags = list(s.scalars(select(DebateRow.id).where(
-                    DebateRow.status != "running",
+                    DebateRow.status != DebateStatus.RUNNING,
                     func.coalesce(DebateRow.finished_at, DebateRow.created_at) < mags_before).order_by(DebateRow.id)))
         if jobs_before is not None:
             newest = select(func.max(JobRow.id)).group_by(JobRow.kind)  # the scheduler counts fresh MAGs from it
             out.jobs = list(s.scalars(select(JobRow.id).where(
-                JobRow.status != "running", JobRow.finished_at < jobs_before, JobRow.id.not_in(newest))
+                JobRow.status != JobStatus.RUNNING, JobRow.finished_at < jobs_before, JobRow.id.not_in(newest))
                 .order_by(JobRow.id)))
         if not dry_run:
             _delete(s, out)
@@ -77,7 +86,7 @@ def _delete(s: Session, out: StorePurge) -> None:
         s.execute(delete(EdgeRow).where(EdgeRow.debate_id.in_(ids)))
         s.execute(delete(NodeRow).where(NodeRow.debate_id.in_(ids)))
         s.execute(update(CaptureRow).where(CaptureRow.debate_id.in_(ids)).values(debate_id=None))
-        s.execute(delete(DebateRow).where(DebateRow.id.in_(ids), DebateRow.status != "running"))
+        s.execute(delete(DebateRow).where(DebateRow.id.in_(ids), DebateRow.status != DebateStatus.RUNNING))
     for ids in _chunks(out.captures):
         s.execute(update(DebateRow).where(DebateRow.capture_id.in_(ids)).values(capture_id=None))
         # Re-checked here: a label may have re-queued an item since it was selected.
@@ -87,4 +96,4 @@ def _delete(s: Session, out: StorePurge) -> None:
     for ids in _chunks(out.dead_letters):
         s.execute(delete(DeadLetterRow).where(DeadLetterRow.id.in_(ids)))
     for ids in _chunks(out.jobs):
-        s.execute(delete(JobRow).where(JobRow.id.in_(ids), JobRow.status != "running"))
+        s.execute(delete(JobRow).where(JobRow.id.in_(ids), JobRow.status != JobStatus.RUNNING))

@@ -87,12 +87,6 @@ def resolve_base_model(settings: Settings, progress: Progress = log.info) -> str
     return model  # a hub name: only works on a connected machine
 
 
-def local_model_dir(model: str) -> Path | None:
-    """The base model's local folder, or None for a hub name (then shape checks are skipped)."""
-    p = Path(model)
-    return p if p.is_dir() else None
-
-
 def base_model_id(model_path: str) -> str:
     """The public id of the base model (`/v1/models`, response headers): a folder's name, or the hub name."""
     p = Path(model_path)

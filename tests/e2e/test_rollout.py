@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from services.config import Settings
-from services.gateway.client import ServiceClient
+from services.service_client import ServiceClient
 from services.store.db import Database
 from services.store.mags import MagStore
 from tests.conftest import Service, start_service, stop_service
