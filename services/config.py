@@ -121,6 +121,62 @@ class StudentConfig(BaseModel):
     registry_poll_s: float = Field(
         2.0, gt=0, description="How often a student replica re-reads the promoted version from the registry."
     )
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description="vLLM tool parser (`--tool-call-parser`) that reads tool calls out of the student's text and "
+        "frames named and `required` tool calls; one of vLLM's parser names for the model's chat template, or null "
+        "to refuse `tools` that need one.",
+    )
+    enable_auto_tool_choice: bool = Field(
+        True,
+        description="Let the model decide to call a tool (`tool_choice: auto`; vLLM's `--enable-auto-tool-choice`).",
+    )
+    tool_strict_level: str = Field(
+        "parameter",
+        description="vLLM's `--tool-strict-level`: `auto` (constrain tool calls only for tools marked `strict`), "
+        "`function` (constrain the call's frame) or `parameter` (also constrain the arguments to each tool's JSON "
+        "Schema, so a small student's tool calls always parse).",
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template (file path or inline) instead of the model's own (`--chat-template`)."
+    )
+    structured_outputs_backend: str = Field(
+        "auto",
+        description="Grammar backend for `response_format` and tool arguments: auto, xgrammar, guidance, outlines or "
+        "lm-format-enforcer.",
+    )
+    max_logprobs: int = Field(20, ge=0, description="Largest `top_logprobs` (and completions `logprobs`) a request may "
+                              "ask for; OpenAI allows 20.")
+    vllm_args: list[str] = Field(
+        default_factory=list,
+        description="More command-line arguments of vLLM's OpenAI server, passed as given (for example "
+        "`[\"--reasoning-parser\", \"deepseek_r1\"]`); they come after and override Distillery's own.",
+    )
+    merge_promoted: bool = Field(
+        True,
+        description="Serve the promoted adapter at base-model speed: merge it into the engine's weights in place "
+        "(`student` then runs without LoRA); the base model and every other version are served as LoRA adapters "
+        "relative to the merged weights. Off: `student` runs through vLLM's LoRA path.",
+    )
+    merge_after_s: float = Field(
+        5.0, ge=0, description="A promoted version is merged once it has stayed promoted this long (until then, and "
+        "while versions are swapped faster, `student` is served through the LoRA path: every swap stays instant).",
+    )
+    merge_drain_s: float = Field(
+        30.0, gt=0, description="The merge waits for requests running on the current weights to end, holding new ones "
+        "back, for at most this long; past it the merge is left for the next promotion check.",
+    )
+    stream_batch_ms: float = Field(
+        15.0, ge=0, description="A stream's chunks produced within this many milliseconds cross from the student to "
+        "the gateway in one message (0: one message per chunk).",
+    )
+
+    @field_validator("tool_strict_level")
+    @classmethod
+    def _known_strict_level(cls, v: str) -> str:
+        if v not in {"auto", "function", "parameter"}:
+            raise ValueError(f"tool_strict_level must be auto, function or parameter, got {v!r}")
+        return v
 
     @field_validator("dtype")
     @classmethod

@@ -41,3 +41,23 @@ def train_codeword_adapter(
         opt.zero_grad()
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def make_random_adapter(
+    model_dir: str, out_dir: Path, seed: int, target_modules: list[str], rank: int = 8, scale: float = 0.08
+) -> Path:
+    """A PEFT LoRA on the real model with random non-zero B (PEFT starts B at zero), so it changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules,
+                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * scale)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -18,7 +18,6 @@ from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
-from services.student.tokenizer import PromptTokenizer
 
 
 class RaySchedulerClient:
@@ -55,7 +54,6 @@ class GatewayDeployment:
         self._app = build_app(
             settings,
             student=RayStudentClient(student),
-            tokenizer=PromptTokenizer(model_path),
             registry=registry,
             sink=sink,
             store=store,

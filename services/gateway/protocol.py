@@ -1,45 +1,17 @@
-"""Request and response models of the OpenAI-compatible API (the subset Distillery serves).
+"""Distillery's own request and response models, and the OpenAI limits it holds requests to.
 
-Field names, defaults and ranges follow the OpenAI API reference, as vLLM's frontend does. Parameters the
-student cannot honour (tools, logprobs, ...) are refused with a 400 naming the parameter rather than being
-silently ignored.
+The generation endpoints' bodies are vLLM's own request models (`vllm.entrypoints.openai.*.protocol`), parsed in
+`requests.py`; what is here is what vLLM does not do: OpenAI's documented ranges that vLLM accepts wider (a
+temperature of 7, a role named `wizard`, 5 stop sequences, metadata of any size), Distillery's model cards,
+adapters, feedback and errors.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ContentPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
 
 
 def _nullable(*schemas: dict[str, Any]) -> WithJsonSchema:
@@ -60,48 +32,19 @@ _PROMPT = WithJsonSchema({
 })
 
 
-# Extra OpenAI fields we accept only at their no-op value (None: any value); anything else is refused with a 400.
-_NOOP_EXTRAS: dict[str, tuple[Any, ...] | None] = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "functions": (None, []),
-    "function_call": (None, "none"),
-    "parallel_tool_calls": (None, True, False),
-    "response_format": (None, {"type": "text"}),
-    "echo": (None, False),
-    "suffix": (None, ""),
-    "best_of": (None, 1),
-    "logit_bias": (None, {}),
-    "store": None,
-    "service_tier": None,
-}
+class OpenAILimits(BaseModel):
+    """The fields both generation endpoints share, held to the OpenAI API reference's ranges."""
 
-
-def _document_extras(schema: dict[str, Any]) -> None:
-    """The JSON Schema of the extra fields as `unsupported_param` takes them: each at its no-op values, no other."""
-    for key, allowed in _NOOP_EXTRAS.items():
-        schema["properties"][key] = {} if allowed is None else {"enum": list(allowed)}
-    schema["additionalProperties"] = False
-
-
-class SamplingFields(BaseModel):
-    """Fields shared by both generation endpoints."""
-
-    model_config = ConfigDict(extra="allow", json_schema_extra=_document_extras)
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
+    n: int | None = Field(None, ge=1, le=16)
     stop: Annotated[str | list[str] | None, _STOP] = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    user: str | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    top_logprobs: int | None = Field(None, ge=0)
 
     @field_validator("stop")
     @classmethod
@@ -115,18 +58,15 @@ class SamplingFields(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stops
 
-    def unsupported_param(self) -> str | None:
-        for key, value in (self.model_extra or {}).items():
-            if key not in _NOOP_EXTRAS:
-                return key
-            allowed = _NOOP_EXTRAS[key]
-            if allowed is not None and value not in allowed:
-                return key
-        return None
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
 
 
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+class ChatLimits(OpenAILimits):
+    messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     metadata: Annotated[dict[str, str] | None, _METADATA] = Field(
@@ -148,61 +88,15 @@ class ChatCompletionRequest(SamplingFields):
                 raise ValueError(f"metadata values may be at most 512 characters, got one of {len(value)} ({key!r})")
         return v
 
-    def token_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+
+_Text = Annotated[str, Field(min_length=1)]
+_Tokens = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
-class CompletionRequest(SamplingFields):
-    prompt: Annotated[str | list[str] | list[int] | list[list[int]], _PROMPT]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
-
-    def token_limit(self) -> int | None:
-        return self.max_tokens
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-# ---- chat responses ------------------------------------------------------------------------------------
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _id("chatcmpl"))
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-# ---- completions responses -----------------------------------------------------------------------------
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _id("cmpl"))
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
+class CompletionLimits(OpenAILimits):
+    prompt: Annotated[_Text | Annotated[list[_Text], Field(min_length=1)] | _Tokens
+                      | Annotated[list[_Tokens], Field(min_length=1)], _PROMPT]
+    max_tokens: int | None = Field(None, ge=1)
 
 
 # ---- models and adapters -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""How the gateway reaches the student: through a Ray Serve handle in production, or directly in tests.
+"""How the gateway reaches the student replicas: a Ray Serve handle to the Student deployment.
 
-Both expose the same async methods, so the gateway code never knows which one it has (the collaborator
-is injected, as Ray Serve LLM injects its engine class).
+The gateway codes against `StudentClient`; the collaborator is injected (as Ray Serve LLM injects its engine
+class), so tests can give the real app a student in the same process.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from services.student.events import Event, Failed, GenerateRequest, LoadResult
+from services.student.events import Failed, LoadResult, StudentEvent
 
 
 class StudentClient(Protocol):
-    def generate(self, req: GenerateRequest) -> AsyncIterator[Event]: ...
+    def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]: ...
     async def load(self, name: str) -> LoadResult | Failed: ...
     async def unload(self, name: str) -> LoadResult | Failed: ...
     async def sync(self) -> LoadResult | Failed: ...
@@ -26,45 +26,20 @@ class RayStudentClient:
         self._handle = handle
         self._stream = handle.options(stream=True)
 
-    def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
-        return self._stream.generate.remote(req)
+    def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
+        return self._stream.serve.remote(endpoint, request)  # type: ignore[no-any-return]
 
     async def load(self, name: str) -> LoadResult | Failed:
-        return await self._handle.load.remote(name)
+        return await self._handle.load.remote(name)  # type: ignore[no-any-return]
 
     async def unload(self, name: str) -> LoadResult | Failed:
-        return await self._handle.unload.remote(name)
+        return await self._handle.unload.remote(name)  # type: ignore[no-any-return]
 
     async def sync(self) -> LoadResult | Failed:
-        return await self._handle.sync.remote()
+        return await self._handle.sync.remote()  # type: ignore[no-any-return]
 
     async def models(self) -> dict[str, Any]:
-        return await self._handle.models.remote()
+        return await self._handle.models.remote()  # type: ignore[no-any-return]
 
     async def check_health(self) -> None:
         await self._handle.check_health.remote()
-
-
-class LocalStudentClient:
-    """Calls a StudentEngine (or anything with its methods) in this process."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
-        return self.engine.generate(req)
-
-    async def load(self, name: str) -> LoadResult | Failed:
-        return await self.engine.load(name)
-
-    async def unload(self, name: str) -> LoadResult | Failed:
-        return await self.engine.unload(name)
-
-    async def sync(self) -> LoadResult | Failed:
-        return await self.engine.sync()
-
-    async def models(self) -> dict[str, Any]:
-        return self.engine.models()
-
-    async def check_health(self) -> None:
-        await self.engine.check_health()

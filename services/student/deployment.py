@@ -1,4 +1,4 @@
-"""Ray Serve deployment hosting the StudentEngine (one vLLM engine per replica)."""
+"""Ray Serve deployment hosting the StudentEngine (one vLLM engine per replica) and its OpenAI serving."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from ray import serve
 from services.config import Settings
 from services.registry import AdapterRegistry
 from services.student.engine import StudentEngine
-from services.student.events import Event, Failed, GenerateRequest, LoadResult
+from services.student.events import Event, Failed, GenerateRequest, LoadResult, StudentEvent
+from services.student.serving import StudentOpenAI
 
 
 @serve.deployment(name="Student")
@@ -22,21 +23,27 @@ class StudentDeployment:
         registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
         self.engine = StudentEngine(settings, model_path=model_path, base_id=base_id, registry=registry)
         await self.engine.start()
+        self.openai = await StudentOpenAI.start(settings, self.engine)
         # Follow promotions made by other processes (training jobs, other gateway replicas).
-        self._watch = asyncio.create_task(self.engine.watch_registry(settings.student.registry_poll_s))
+        self._watch = asyncio.create_task(self.engine.adapters.watch_registry(settings.student.registry_poll_s))
+
+    async def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
+        """A client's OpenAI request (vLLM's request model) through vLLM's serving classes."""
+        async for event in self.openai.serve(endpoint, request):
+            yield event
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
         async for event in self.engine.generate(req):
             yield event
 
     async def load(self, name: str) -> LoadResult | Failed:
-        return await self.engine.load(name)
+        return await self.engine.adapters.load(name)
 
     async def unload(self, name: str) -> LoadResult | Failed:
-        return await self.engine.unload(name)
+        return await self.engine.adapters.unload(name)
 
     async def sync(self) -> LoadResult | Failed:
-        return await self.engine.sync()
+        return await self.engine.adapters.sync()
 
     def serving_load(self) -> tuple[int, float]:
         """(clients' requests in flight, seconds idle): the debate worker holds its turns while serving."""

@@ -1,63 +1,39 @@
-"""StudentEngine: vLLM's AsyncLLM with versioned LoRA adapters and the `student` alias.
+"""StudentEngine: vLLM's AsyncLLM, its adapters (`StudentAdapters`), and the token-level generation debates use.
 
-A plain class (no Ray in it) so tests and the evaluation job can drive it directly; the Ray Serve deployment
-in `deployment.py` only hosts it. Generation yields typed events (`Started`, `Delta`, `Failed`); the version a
-request resolves to is fixed when it starts and held (refcounted) until it ends, so promotions and unloads
-never change the weights under a running request.
+A plain class (no Ray in it) so tests and the evaluation job can drive it directly; the Ray Serve deployment in
+`deployment.py` only hosts it. Clients' OpenAI requests go through vLLM's own serving classes (`serving.py`); the
+debate's student turns come here as token ids and yield typed events (`Started`, `Delta`, `Failed`). Either way the
+version a request resolves to is fixed when it starts and held (refcounted) until it ends, so promotions and
+unloads never change the weights under a running request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from argparse import Namespace
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from services.config import Settings
-from services.registry import AdapterInvalid, AdapterRegistry, AdapterTampered, RegistryError
-from services.student.adapters import AdapterSlots, Loaded
-from services.student.events import Delta, Event, Failed, GenerateRequest, LoadResult, Started
+from services.registry import AdapterRegistry
+from services.student.adapters import StudentAdapters
+from services.student.events import Delta, Event, Failed, GenerateRequest, Started
+from services.student.merged import MergedWeights
+from services.student.vllm_config import vllm_namespace
 
 log = logging.getLogger(__name__)
 
-UNLOAD_DRAIN_TIMEOUT_S = 120.0
 
-
-def engine_args(settings: Settings, model_path: str) -> Any:
-    """vLLM engine arguments from the typed config (the same code on the CPU build and on a GPU)."""
+def _default_engine_factory(args: Namespace) -> Any:
     from vllm import AsyncEngineArgs
-
-    cfg = settings.student
-    # The CPU build reads these from the environment of the process that starts the engine.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gb))
-    if cfg.cpu_threads_bind != "auto":
-        os.environ.setdefault(
-            "VLLM_CPU_OMP_THREADS_BIND",
-            f"0-{(os.cpu_count() or 1) - 1}" if cfg.cpu_threads_bind == "all" else cfg.cpu_threads_bind,
-        )
-    return AsyncEngineArgs(
-        model=model_path,
-        tokenizer=model_path,
-        dtype=cfg.dtype,
-        max_model_len=cfg.max_model_len,
-        enable_lora=cfg.enable_lora,
-        max_lora_rank=cfg.max_lora_rank,
-        max_loras=cfg.max_loras,
-        max_cpu_loras=cfg.max_cpu_loras,
-        max_num_seqs=cfg.max_seqs,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        disable_log_stats=True,
-        enable_log_requests=False,
-    )
-
-
-def _default_engine_factory(args: Any) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(args)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(args))
 
 
 class StudentEngine:
@@ -68,7 +44,7 @@ class StudentEngine:
         model_path: str,
         base_id: str,
         registry: AdapterRegistry,
-        engine_factory: Callable[[Any], Any] = _default_engine_factory,
+        engine_factory: Callable[[Namespace], Any] = _default_engine_factory,
     ) -> None:
         self.settings = settings
         self.model_path = model_path
@@ -76,8 +52,8 @@ class StudentEngine:
         self.registry = registry
         self._engine_factory = engine_factory
         self.engine: Any = None
-        self.slots = AdapterSlots(settings.student.max_cpu_loras)
-        self._lock = asyncio.Lock()  # serialises load/unload/sync
+        self.args: Namespace | None = None  # vLLM's parsed command line, once started
+        self.adapters = StudentAdapters(settings, registry, base_id, engine=None)
         self._defaults: dict[str, Any] = {}
         self.max_model_len = settings.student.max_model_len
         self.serving_in_flight = 0  # clients' requests running now (debate turns excluded): the debate yields to it
@@ -86,15 +62,21 @@ class StudentEngine:
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         t0 = time.monotonic()
-        self.engine = self._engine_factory(engine_args(self.settings, self.model_path))
+        self.args = vllm_namespace(self.settings, self.model_path, self.base_id)
+        self.engine = self.adapters.engine = self._engine_factory(self.args)
         self.max_model_len = self.engine.model_config.max_model_len
         # Unset sampling fields fall back to the model's generation_config, as in vLLM's own server.
         self._defaults = dict(self.engine.model_config.get_diff_sampling_param())
         log.info("vLLM engine ready in %.1fs (defaults from generation_config: %s)", time.monotonic() - t0,
                  self._defaults)
-        result = await self.sync()
+        cfg = self.settings.student
+        if cfg.enable_lora and cfg.merge_promoted:
+            self.adapters.merging = MergedWeights(self.model_path, tempfile.mkdtemp(prefix="distillery-merge-"))
+        result = await self.adapters.sync()
         if isinstance(result, Failed):
             log.error("promoted adapter could not be loaded, serving the base model: %s", result.message)
+        elif self.adapters.merging is not None:
+            await self.adapters.merge_promoted()  # before any traffic: nothing to wait for
 
     async def check_health(self) -> None:
         await self.engine.check_health()
@@ -103,139 +85,28 @@ class StudentEngine:
         if self.engine is not None:
             self.engine.shutdown()
 
-    # ---- adapters -----------------------------------------------------------------------------------
-    async def _load_locked(self, name: str) -> LoadResult | Failed:
-        try:
-            version = await asyncio.to_thread(self.registry.get, name)
-        except RegistryError as e:
-            return Failed(404, str(e), "lora_name", "adapter_not_found")
-        if (slot := self.slots.get(version.number)) is not None:
-            return LoadResult(slot.name, 0.0, already_loaded=True)
-        if not self.settings.student.enable_lora:
-            return Failed(400, "LoRA is disabled (student.enable_lora=false)", "lora_name", "lora_disabled")
-        t0 = time.monotonic()
-        try:  # files may have changed since publish: checksum and validate again before vLLM reads them
-            local = await asyncio.to_thread(self.registry.local_path, version)
-            await asyncio.to_thread(self.registry.validate, local)
-        except AdapterTampered as e:
-            log.error("refusing to load %s: %s", version.name, e)
-            return Failed(409, f"adapter {version.name} does not match its published checksum: {e}", "lora_name",
-                          "adapter_checksum_mismatch")
-        except AdapterInvalid as e:
-            return Failed(400, f"adapter {version.name} is invalid: {e}", "lora_name", "invalid_adapter")
-        except OSError as e:  # the object store or the volume cannot give us the files
-            return Failed(503, f"adapter {version.name} is unavailable: {e}", "lora_name", "adapter_unavailable")
-        if (victim := self.slots.evictable()) is not None:
-            await self._remove_locked(victim)
-        from vllm.lora.request import LoRARequest
-
-        try:
-            await self.engine.add_lora(LoRARequest(version.name, version.number, str(local)))
-        except Exception as e:
-            log.exception("vLLM refused adapter %s", version.name)
-            return Failed(400, f"vLLM could not load adapter {version.name}: {e}", "lora_name", "invalid_adapter")
-        self.slots.add(Loaded(version.name, version.number, str(local)))
-        seconds = time.monotonic() - t0
-        log.info("loaded %s in %.3fs", version.name, seconds)
-        return LoadResult(version.name, seconds)
-
-    async def _remove_locked(self, slot: Loaded) -> None:
-        self.slots.remove(slot.number)  # first, so no new request acquires it while vLLM drops it
-        await self.engine.remove_lora(slot.number)
-
-    async def load(self, name: str) -> LoadResult | Failed:
-        async with self._lock:
-            return await self._load_locked(name)
-
-    async def unload(self, name: str) -> LoadResult | Failed:
-        async with self._lock:
-            try:
-                version = await asyncio.to_thread(self.registry.get, name)
-            except RegistryError as e:
-                return Failed(404, str(e), "lora_name", "adapter_not_found")
-            slot = self.slots.get(version.number)
-            if slot is None:
-                return Failed(404, f"adapter {version.name} is not loaded", "lora_name", "adapter_not_loaded")
-            if version.number == self.slots.promoted:
-                return Failed(
-                    400,
-                    f"{version.name} is the promoted version behind `{self.settings.student.served_name}`; "
-                    "promote another version or roll back first",
-                    "lora_name",
-                    "adapter_in_use",
-                )
-            t0 = time.monotonic()
-            if not await self.slots.wait_idle(version.number, UNLOAD_DRAIN_TIMEOUT_S):
-                return Failed(503, f"requests on {version.name} did not finish in time", "lora_name", "busy")
-            await self._remove_locked(slot)
-            return LoadResult(version.name, time.monotonic() - t0)
-
-    async def sync(self) -> LoadResult | Failed:
-        """Point `student` at the registry's promoted version, loading it first (the hot swap)."""
-        async with self._lock:
-            version = await asyncio.to_thread(self.registry.promoted)
-            if version is None:
-                self.slots.promoted = None
-                return LoadResult(self.base_id, 0.0, already_loaded=True)
-            if version.number == self.slots.promoted:
-                return LoadResult(version.name, 0.0, already_loaded=True)
-            result = await self._load_locked(version.name)
-            if isinstance(result, LoadResult):
-                self.slots.promoted = version.number  # the swap itself: one assignment
-                log.info("`%s` now serves %s", self.settings.student.served_name, version.name)
-            return result
-
-    async def watch_registry(self, interval: float) -> None:
-        """Follow promotions made elsewhere (another gateway replica, a training job)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                result = await self.sync()
-                if isinstance(result, Failed):
-                    log.error("cannot follow the promoted adapter: %s", result.message)
-            except Exception:
-                log.exception("registry poll failed; serving continues with the current adapter")
-
-    def promoted_name(self) -> str:
-        slot = self.slots.get(self.slots.promoted) if self.slots.promoted else None
-        return slot.name if slot else self.base_id
-
     def models(self) -> dict[str, Any]:
         return {
             "base": self.base_id,
             "root": self.model_path,
             "max_model_len": self.max_model_len,
-            "promoted": self.promoted_name(),
-            "loaded": [{"name": s.name, "path": s.path, "inflight": s.inflight} for s in self.slots.names()],
+            "promoted": self.adapters.promoted_name(),
+            "merged": self.adapters.merged_name(),
+            "loaded": self.adapters.loaded(),
         }
 
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Counts a client's request as serving load while it runs (the debate's turns yield to it)."""
+        self.serving_in_flight += 1
+        try:
+            yield
+        finally:
+            self.serving_in_flight -= 1
+            if self.serving_in_flight == 0:
+                self._serving_idle_since = time.monotonic()
+
     # ---- generation ---------------------------------------------------------------------------------
-    async def _resolve(self, model: str) -> tuple[str, Any] | Failed:
-        """(served name, LoRARequest or None) for `model`, with the version acquired by the caller."""
-        if model == self.settings.student.served_name:
-            number = self.slots.promoted
-            if number is None:
-                return self.base_id, None
-            slot = self.slots.get(number)
-        elif model == self.base_id:
-            return self.base_id, None
-        else:
-            try:
-                version = await asyncio.to_thread(self.registry.get, model)
-            except RegistryError:
-                return Failed(404, f"The model `{model}` does not exist.", "model", "model_not_found")
-            slot = self.slots.get(version.number)
-            if slot is None:
-                loaded = await self.load(version.name)
-                if isinstance(loaded, Failed):
-                    return loaded
-                slot = self.slots.get(version.number)
-        if slot is None:  # evicted between load and here: vanishingly rare, and retrying is safe
-            return Failed(503, f"adapter for `{model}` was unloaded concurrently; retry", "model", "retry")
-        from vllm.lora.request import LoRARequest
-
-        return slot.name, LoRARequest(slot.name, slot.number, slot.path)
-
     def _sampling_params(self, req: GenerateRequest, prompt_len: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -246,41 +117,30 @@ class StudentEngine:
         return SamplingParams(**params, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
-        resolved = await self._resolve(req.model)
-        if isinstance(resolved, Failed):
-            yield resolved
-            return
-        name, lora = resolved
-        try:
-            params = [self._sampling_params(req, len(p)) for p in req.prompts]
-        except Exception as e:  # vLLM's validation (e.g. n>1 with greedy sampling)
-            if not _is_client_error(e):
-                raise
-            yield Failed(400, str(e), None, "invalid_sampling_params")
-            return
-        if lora is not None:
-            self.slots.acquire(lora.lora_int_id)
-        if not req.background:
-            self.serving_in_flight += 1
-        try:
-            yield Started(name)
-            async for event in self._stream(req, params, lora):
-                yield event
-        except _Preempted:
-            yield Failed(503, "background turn preempted by serving traffic; retry when idle", None, "preempted")
-        except Exception as e:
-            if _is_client_error(e):
-                yield Failed(400, str(e), None, "invalid_request")
+        async with self.adapters.pinned(req.model) as resolved:
+            if isinstance(resolved, Failed):
+                yield resolved
                 return
-            log.exception("generation %s failed", req.request_id)
-            yield Failed(500, f"generation failed: {type(e).__name__}: {e}", None, "engine_error")
-        finally:
-            if not req.background:
-                self.serving_in_flight -= 1
-                if self.serving_in_flight == 0:
-                    self._serving_idle_since = time.monotonic()
-            if lora is not None:
-                await self.slots.release(lora.lora_int_id)
+            try:
+                params = [self._sampling_params(req, len(p)) for p in req.prompts]
+            except Exception as e:  # vLLM's validation (e.g. n>1 with greedy sampling)
+                if not _is_client_error(e):
+                    raise
+                yield Failed(400, str(e), None, "invalid_sampling_params")
+                return
+            try:
+                yield Started(resolved.adapter)
+                with nullcontext() if req.background else self.serving():
+                    async for event in self._stream(req, params, resolved.lora):
+                        yield event
+            except _Preempted:
+                yield Failed(503, "background turn preempted by serving traffic; retry when idle", None, "preempted")
+            except Exception as e:
+                if _is_client_error(e):
+                    yield Failed(400, str(e), None, "invalid_request")
+                    return
+                log.exception("generation %s failed", req.request_id)
+                yield Failed(500, f"generation failed: {type(e).__name__}: {e}", None, "engine_error")
 
     def serving_load(self) -> tuple[int, float]:
         """(clients' requests in flight, seconds since the last one ended; 0 while any runs)."""

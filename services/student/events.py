@@ -1,4 +1,7 @@
-"""What crosses the gateway -> student boundary (plain dataclasses: cheap to pickle through Ray)."""
+"""What crosses the gateway -> student boundary (plain dataclasses: cheap to pickle through Ray).
+
+The debate's turns send a `GenerateRequest` and get `Event`s; clients' OpenAI requests (vLLM's own request models)
+get `StudentEvent`s."""
 
 from __future__ import annotations
 
@@ -45,6 +48,36 @@ class Failed:
 
 
 Event = Started | Delta | Failed
+
+
+@dataclass
+class Chunks:
+    """Server-sent-event frames of a stream (`data: {...}\n\n`), as vLLM's serving class wrote them."""
+
+    frames: list[str]
+
+
+@dataclass
+class Finished:
+    """Last event of a served OpenAI request: what it produced, counted from the engine's outputs."""
+
+    texts: list[str]  # per choice
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_wall: float | None  # time.time() of its first generated token
+
+
+@dataclass
+class Body:
+    """The whole answer to a request without `stream`, in one message: the OpenAI response object as vLLM's serving
+    class made it, the version that served it, and its tally."""
+
+    json: dict[str, Any]
+    adapter: str
+    finished: Finished
+
+
+StudentEvent = Started | Body | Chunks | Finished | Failed
 
 
 @dataclass
