@@ -53,8 +53,11 @@ def percentile(xs: list[float], q: float) -> float:
 
 async def run_load(url: str, *, label: str, concurrency: int, requests: int, model: str = "student",
                    max_tokens: int = 32, duration_s: float | None = None, headers: dict[str, str] | None = None,
-                   questions: list[str] | None = None) -> tuple[LoadResult, list[tuple[float, float, int, str]]]:
-    """`concurrency` clients send chat requests back to back until `requests` are done (or `duration_s`)."""
+                   questions: list[str] | None = None,
+                   fixed_length: bool = False) -> tuple[LoadResult, list[tuple[float, float, int, str]]]:
+    """`concurrency` clients send chat requests back to back until `requests` are done (or `duration_s`).
+    `fixed_length`: every answer runs to `max_tokens` (vLLM's `ignore_eos`), so models that stop at different
+    points are compared on the same work."""
     lat: list[float] = []
     rows: list[tuple[float, float, int, str]] = []
     failed = 0
@@ -72,7 +75,8 @@ async def run_load(url: str, *, label: str, concurrency: int, requests: int, mod
             if duration_s is not None and time.monotonic() - t_start > duration_s:
                 return
             body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
-                    "messages": [{"role": "user", "content": pool[i % len(pool)]}]}
+                    "messages": [{"role": "user", "content": pool[i % len(pool)]}],
+                    **({"ignore_eos": True} if fixed_length else {})}
             t0 = time.monotonic()
             try:
                 r = await c.post(f"{url}/v1/chat/completions", json=body, headers=headers)
