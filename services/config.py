@@ -105,7 +105,8 @@ class StudentConfig(BaseModel):
     max_model_len: int = Field(2048, ge=64, description="Context length; longer prompts get 400, never truncated.")
     dtype: str = Field("bfloat16", description="Weights/activations dtype for vLLM (bfloat16, float16, float32).")
     enable_lora: bool = Field(True, description="Serve LoRA adapters (hot-swappable versions).")
-    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have (with `merge_promoted` the "
+                               "engine is given twice this: another version beside a merged one is their difference).")
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
     max_cpu_loras: int = Field(8, ge=1, description="Adapters kept loaded in host memory.")
     kv_cache_gb: int = Field(2, ge=1, description="KV cache size (GiB) on the CPU build (VLLM_CPU_KVCACHE_SPACE).")
@@ -163,8 +164,8 @@ class StudentConfig(BaseModel):
         "while versions are swapped faster, `student` is served through the LoRA path: every swap stays instant).",
     )
     merge_drain_s: float = Field(
-        30.0, gt=0, description="The merge waits for requests running on the current weights to end, holding new ones "
-        "back, for at most this long; past it the merge is left for the next promotion check.",
+        10.0, gt=0, description="The merge waits for requests running on the current weights to end, holding new ones "
+        "back, for at most this long; past it the merge is postponed (retried after twice the wait, at most 5 min).",
     )
     stream_batch_ms: float = Field(
         15.0, ge=0, description="A stream's chunks produced within this many milliseconds cross from the student to "

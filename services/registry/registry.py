@@ -262,6 +262,8 @@ class AdapterRegistry:
     def _number(self, name: str) -> int:
         m = self._version_re.match(name)
         if m:
+            if len(m.group(1)) > 18:  # past the store's 64-bit key: no such version, not a database error
+                raise RegistryError(f"no adapter named {name!r}")
             return int(m.group(1))
         row = self._find_label(name)
         if row is None:

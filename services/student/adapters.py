@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -143,6 +144,9 @@ class StudentAdapters:
         self._running = 0  # requests holding a version (clients' and debate turns)
         self._idle = asyncio.Condition()
         self._merge_task: asyncio.Task[None] | None = None
+        self._merge_target: str | None = None  # what the pending merge task waits to merge
+        self._merging = asyncio.Lock()  # one merge at a time, from its drain to its end
+        self.broken: str | None = None  # set when a failed merge left the weights unknown (health checks fail)
 
     def attach(self, openai_models: Any) -> None:
         """Register every loaded version with vLLM's `OpenAIServingModels`, and each one loaded from now on."""
@@ -211,6 +215,8 @@ class StudentAdapters:
         if self.openai_models is not None:
             self.openai_models.lora_requests.pop(slot.name, None)
         await self.engine.remove_lora(slot.lora().lora_int_id)
+        if self.merging is not None and Path(slot.path).parent == Path(self.merging.work_dir):
+            shutil.rmtree(slot.path, ignore_errors=True)  # a relative adapter written for one merge only
 
     def _is_weights(self, target: _Target) -> bool:
         """Whether `target` is what the engine's weights hold (served without LoRA)."""
@@ -224,27 +230,31 @@ class StudentAdapters:
             return await self._load_locked(target)
 
     async def unload(self, name: str) -> LoadResult | Failed:
+        try:
+            version = await asyncio.to_thread(self.registry.get, name)
+        except RegistryError as e:
+            return Failed(404, str(e), "lora_name", "adapter_not_found")
+        if self.slots.get(version.number) is None:
+            return Failed(404, f"adapter {version.name} is not loaded", "lora_name", "adapter_not_loaded")
+        if version.number == self.slots.promoted:
+            return Failed(
+                400,
+                f"{version.name} is the promoted version behind `{self.settings.student.served_name}`; "
+                "promote another version or roll back first",
+                "lora_name",
+                "adapter_in_use",
+            )
+        t0 = time.monotonic()
+        # Drained without the lock: promotions, loads and merges go on meanwhile.
+        if not await self.slots.wait_idle(version.number, UNLOAD_DRAIN_TIMEOUT_S):
+            return Failed(503, f"requests on {version.name} did not finish in time", "lora_name", "busy")
         async with self._lock:
-            try:
-                version = await asyncio.to_thread(self.registry.get, name)
-            except RegistryError as e:
-                return Failed(404, str(e), "lora_name", "adapter_not_found")
             slot = self.slots.get(version.number)
-            if slot is None:
-                return Failed(404, f"adapter {version.name} is not loaded", "lora_name", "adapter_not_loaded")
-            if version.number == self.slots.promoted:
-                return Failed(
-                    400,
-                    f"{version.name} is the promoted version behind `{self.settings.student.served_name}`; "
-                    "promote another version or roll back first",
-                    "lora_name",
-                    "adapter_in_use",
-                )
-            t0 = time.monotonic()
-            if not await self.slots.wait_idle(version.number, UNLOAD_DRAIN_TIMEOUT_S):
-                return Failed(503, f"requests on {version.name} did not finish in time", "lora_name", "busy")
-            await self._remove_locked(slot)
-            return LoadResult(version.name, time.monotonic() - t0)
+            if slot is not None and slot.inflight == 0 and version.number != self.slots.promoted:
+                await self._remove_locked(slot)
+            elif slot is not None:
+                return Failed(503, f"{version.name} is in use again; retry", "lora_name", "busy")
+        return LoadResult(version.name, time.monotonic() - t0)
 
     async def sync(self) -> LoadResult | Failed:
         """Point `student` at the registry's promoted version, loading it first (the hot swap); its merge follows
@@ -282,67 +292,103 @@ class StudentAdapters:
                 log.exception("registry poll failed; serving continues with the current adapter")
 
     # ---- the promoted version merged into the weights -------------------------------------------------
-    def _schedule_merge(self, name: str | None, delay: float | None = None) -> None:
-        """Merge `name` (None: restore the base weights) once it has stayed promoted for `merge_after_s`."""
+    def _schedule_merge(self, name: str | None) -> None:
+        """Merge `name` (None: restore the base weights) once it has stayed promoted for `merge_after_s`; a newer
+        promotion restarts the wait."""
         current = self.merged.name if self.merged is not None else None
-        if self.merging is None or name == current:
+        if self.merging is None or self.broken is not None:
             return
-        if self._merge_task is not None and not self._merge_task.done():
-            return  # a pending merge re-reads the promoted version when its time comes
-        wait = self.settings.student.merge_after_s if delay is None else delay
-        self._merge_task = asyncio.create_task(self._merge_when_settled(wait))
+        pending = self._merge_task is not None and not self._merge_task.done()
+        if pending and self._merge_target == name:
+            return
+        if pending:
+            assert self._merge_task is not None
+            self._merge_task.cancel()
+        if name == current:
+            return
+        self._merge_target = name
+        self._merge_task = asyncio.create_task(self._merge_when_settled(name))
 
-    async def _merge_when_settled(self, wait: float) -> None:
-        try:
+    async def _merge_when_settled(self, name: str | None) -> None:
+        wait = self.settings.student.merge_after_s
+        while self.promoted_version == name:
             await asyncio.sleep(wait)
-            await self.merge_promoted()
-        except Exception:
-            log.exception("merging the promoted adapter failed; `student` stays on the LoRA path")
+            if self.promoted_version != name:
+                return  # promoted elsewhere meanwhile: that promotion scheduled its own merge
+            try:
+                if await self.merge_promoted():
+                    return
+            except Exception:
+                log.exception("merging the promoted adapter failed; `student` stays on the LoRA path")
+                return
+            wait = min(wait * 2 if wait else 1.0, 300.0)  # postponed: busy replica, try again later
 
     async def merge_promoted(self) -> bool:
         """Merge the promoted version into the weights now (or restore the base weights when none is promoted):
-        new requests wait, running ones end, the weights change, every adapter becomes relative to them."""
-        number, name = self.slots.promoted, self.promoted_version
-        if self.merging is None or number == (self.merged.number if self.merged else None):
-            return False
-        target: _Target | Failed = _Target(0, self.base_id)
-        if name is not None:
-            target = await self._checked(name)
-            if isinstance(target, Failed):
-                log.error("cannot merge the promoted version: %s", target.message)
+        new requests wait, running ones end (at most `merge_drain_s`, else it is postponed), the weights change,
+        every adapter is loaded again relative to them. True once the weights hold what is promoted."""
+        async with self._merging:
+            name, number = self.promoted_version, self.slots.promoted
+            if self.merging is None:
                 return False
-        t0 = time.monotonic()
-        self._open.clear()
-        try:
-            async with self._idle:
-                try:
-                    await asyncio.wait_for(self._idle.wait_for(lambda: self._running == 0),
-                                           self.settings.student.merge_drain_s)
-                except TimeoutError:
-                    log.warning("merge of %s postponed: requests still running after %ss", target.name,
-                                self.settings.student.merge_drain_s)
+            if number == (self.merged.number if self.merged else None):
+                return True
+            target: _Target | Failed = _Target(0, self.base_id)
+            if name is not None:
+                target = await self._checked(name)
+                if isinstance(target, Failed):
+                    log.error("cannot merge the promoted version: %s", target.message)
                     return False
-            async with self._lock:
-                # Every adapter is a delta on the weights: each loaded version (and the one merged until now) is
-                # loaded again, relative to the new weights, so what was loaded stays loaded.
-                keep = [_Target(slot.number, slot.name, slot.source) for slot in self.slots.names() if slot.number]
-                if self.merged is not None:
-                    keep.append(self.merged)
-                for slot in list(self.slots.names()):
-                    await self._remove_locked(slot)
-                seconds = await self.merging.merge(self.engine, target.folder)
-                self.merged = target if target.number else None
-                self._generation += 1
-                for kept in keep:
-                    if not self._is_weights(kept):
-                        result = await self._load_locked(kept)
-                        if isinstance(result, Failed):
-                            log.error("%s could not be loaded beside the merge: %s", kept.name, result.message)
-        finally:
-            self._open.set()
+            t0 = time.monotonic()
+            self._open.clear()
+            try:
+                async with self._idle:
+                    try:
+                        await asyncio.wait_for(self._idle.wait_for(lambda: self._running == 0),
+                                               self.settings.student.merge_drain_s)
+                    except TimeoutError:
+                        log.warning("merge of %s postponed: requests still running after %ss", target.name,
+                                    self.settings.student.merge_drain_s)
+                        return False
+                async with self._lock:
+                    if self.promoted_version != name:  # promoted elsewhere while draining: its own merge follows
+                        return False
+                    seconds = await self._merge_locked(target)
+            finally:
+                self._open.set()
         log.info("%s merged into the weights in %.2fs (new requests held %.2fs)", target.name, seconds,
                  time.monotonic() - t0)
         return True
+
+    async def _merge_locked(self, target: _Target) -> float:
+        assert self.merging is not None
+        # Every adapter is a delta on the weights: each loaded version (and the one merged until now) is loaded
+        # again, relative to the new weights, so what was loaded stays loaded.
+        keep = [_Target(slot.number, slot.name, slot.source) for slot in self.slots.names() if slot.number]
+        previous = self.merged
+        if previous is not None:
+            keep.append(previous)
+        for slot in list(self.slots.names()):
+            await self._remove_locked(slot)
+        try:
+            seconds = await self.merging.merge(self.engine, target.folder)
+        except Exception as e:
+            log.exception("merging %s failed; restoring the weights of %s", target.name,
+                          previous.name if previous else self.base_id)
+            try:
+                await self.merging.merge(self.engine, previous.folder if previous else None)
+            except Exception:  # the weights are in an unknown state: health checks fail, the replica restarts
+                self.broken = f"a failed merge of {target.name} left the weights unknown: {e}"
+                raise
+            raise
+        self.merged = target if target.number else None
+        self._generation += 1
+        for kept in keep:
+            if not self._is_weights(kept):
+                result = await self._load_locked(kept)
+                if isinstance(result, Failed):
+                    log.error("%s could not be loaded beside the merge: %s", kept.name, result.message)
+        return seconds
 
     # ---- what requests run on -----------------------------------------------------------------------
     def promoted_name(self) -> str:
@@ -397,7 +443,8 @@ class StudentAdapters:
     @asynccontextmanager
     async def pinned(self, model: str) -> AsyncIterator[Resolved | Failed]:
         """The version `model` names now, held (never unloaded, never merged over) until the block ends."""
-        await self._open.wait()  # a merge in progress: start on the new weights
+        while not self._open.is_set():  # a merge in progress: start on the new weights
+            await self._open.wait()
         self._running += 1
         try:
             resolved = await self._resolve(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
@@ -29,8 +30,9 @@ class StudentDeployment:
 
     async def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
         """A client's OpenAI request (vLLM's request model) through vLLM's serving classes."""
-        async for event in self.openai.serve(endpoint, request):
-            yield event
+        async with aclosing(self.openai.serve(endpoint, request)) as events:
+            async for event in events:
+                yield event
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Event]:
         async for event in self.engine.generate(req):

@@ -79,6 +79,8 @@ class StudentEngine:
             await self.adapters.merge_promoted()  # before any traffic: nothing to wait for
 
     async def check_health(self) -> None:
+        if self.adapters.broken is not None:  # Ray Serve restarts a replica whose health check raises
+            raise RuntimeError(self.adapters.broken)
         await self.engine.check_health()
 
     def shutdown(self) -> None:

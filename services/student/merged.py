@@ -21,8 +21,9 @@ arguments without type hints, and pickling needs VLLM_ALLOW_INSECURE_SERIALIZATI
 gate/up per the model's `packed_modules_mapping` and writes each layer: in place (`copy_`) when the layer keeps
 its weight, else (the CPU build repacks weights for oneDNN / the SGL kernel and empties `layer.weight`) by
 setting the weight and re-running the layer's `process_weights_after_loading`. LoRA-wrapped layers are unwrapped
-to their `base_layer`. The RPC runs between engine steps; afterwards the prefix cache is reset with running
-requests preempted, so no KV computed under the old weights is reused (in-flight requests recompute and go on).
+to their `base_layer`. The RPC runs between engine steps; afterwards the prefix cache is reset (running requests
+preempted), so no KV computed under the old weights is reused. The service merges only once no request runs
+(`adapters.StudentAdapters.merge_promoted` drains first): a request never sees its weights change.
 """
 
 from __future__ import annotations

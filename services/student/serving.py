@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from services.config import Settings
@@ -74,8 +75,7 @@ class StudentOpenAI:
             ran = resolved.lora.lora_name if resolved.lora is not None else self.engine.base_id
             request = request.model_copy(update={"model": ran})
             tally = Tally()
-            with self.engine.serving():
-                tally.activate()
+            with self.engine.serving(), tally.active():
                 try:
                     result = await create(request, None)
                 except Exception as e:  # vLLM raises its validation errors; its server turns them into 4xx
@@ -90,8 +90,10 @@ class StudentOpenAI:
                     return
                 yield Started(resolved.adapter)
                 usage = bool(request.stream_options and request.stream_options.include_usage)
-                async for frames in _batched(result, self.batch_s):
-                    yield Chunks(_client_frames(frames, ran, asked, usage))
+                # Closed here, before the pin is released, however the stream ends: that aborts vLLM's request.
+                async with aclosing(_batched(result, self.batch_s)) as batches:
+                    async for frames in batches:
+                        yield Chunks(_client_frames(frames, ran, asked, usage))
                 yield tally.finished()
 
 

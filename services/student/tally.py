@@ -10,7 +10,8 @@ response frame.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +32,14 @@ class Tally:
     def finished(self) -> Finished:
         return Finished(self.texts, self.prompt_tokens, self.completion_tokens, self.first_token_wall)
 
-    def activate(self) -> None:
-        """Count the engine outputs of the generations this task starts from now on."""
-        _current.set(self)
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Count the engine outputs of the generations this task starts in the block."""
+        token = _current.set(self)
+        try:
+            yield
+        finally:
+            _current.reset(token)
 
     def watch(self, outputs: AsyncIterator[Any], params: Any) -> AsyncIterator[Any]:
         """`outputs` of one prompt, counted; its choices numbered now, in the order the prompts' generations start."""

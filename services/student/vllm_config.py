@@ -24,7 +24,9 @@ def vllm_argv(settings: Settings, model_path: str, base_id: str) -> list[str]:
         "--disable-log-stats", "--structured-outputs-config.backend", cfg.structured_outputs_backend,
     ]
     if cfg.enable_lora:
-        argv += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(cfg.max_loras),
+        # Beside a merged version, another version is served as the difference of the two adapters: rank r + r.
+        rank = cfg.max_lora_rank * (2 if cfg.merge_promoted else 1)
+        argv += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(cfg.max_loras),
                  "--max-cpu-loras", str(cfg.max_cpu_loras)]
         if cfg.merge_promoted:  # the worker method that writes merged weights in place (services/student/merged.py)
             argv += ["--worker-extension-cls", WORKER_EXTENSION]

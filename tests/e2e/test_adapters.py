@@ -168,10 +168,10 @@ async def test_concurrent_requests_during_repeated_swaps(service, versions):
 
     async with httpx.AsyncClient(timeout=120) as c:
         loops = [asyncio.create_task(client_loop(c, stream=i % 2 == 1)) for i in range(4)]
-        # At least 12 swaps; on a loaded machine (slow requests) keep swapping until both versions have served
-        # (bounded), so the assertions below test swapping rather than the machine's speed.
-        for i in range(40):
-            if i >= 12 and {r[3] for r in results} >= {alpha, bravo}:
+        # At least 12 swaps; on a loaded machine (slow requests) keep swapping until both versions have served and
+        # 12 requests have finished (bounded), so the assertions below test swapping rather than the machine's speed.
+        for i in range(60):
+            if i >= 12 and {r[3] for r in results} >= {alpha, bravo} and len(results) >= 12:
                 break
             target = alpha if i % 2 == 0 else bravo
             r = await c.post(f"{service.url}/admin/adapters/{target}/promote", headers=service.admin_headers())

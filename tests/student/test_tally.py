@@ -183,8 +183,9 @@ async def test_tapped_engine_counts_into_the_active_tally() -> None:
 
     async def run() -> tuple[Tally, list[Any]]:
         tally = Tally()
-        tally.activate()
-        seen = await drain(tapped.generate("p", params(), "req-2", "lora"))
+        with tally.active():
+            seen = await drain(tapped.generate("p", params(), "req-2", "lora"))
+        assert await drain(tapped.generate("p", params(), "req-3")) == engine.outputs  # outside: not counted
         return tally, seen
 
     tally, seen = await in_fresh_context(run())
@@ -198,8 +199,8 @@ async def test_concurrent_requests_never_share_a_tally() -> None:
 
     async def run() -> Tally:
         tally = Tally()
-        tally.activate()
-        await drain(tapped.generate("p", params(), "r"))
+        with tally.active():
+            await drain(tapped.generate("p", params(), "r"))
         return tally
 
     tallies = await asyncio.gather(*(in_fresh_context(run()) for _ in range(3)))
@@ -213,8 +214,8 @@ async def test_closing_the_watched_stream_closes_the_engines_generator() -> None
 
     async def run() -> Tally:
         tally = Tally()
-        tally.activate()
-        stream = tapped.generate("p", params(), "r")
+        with tally.active():
+            stream = tapped.generate("p", params(), "r")
         await anext(stream)
         await anext(stream)
         await stream.aclose()  # the client left: vLLM aborts a request when its generator is closed

@@ -32,7 +32,8 @@ def attach_router(app: FastAPI, student: StudentClient, registry: AdapterRegistr
             m = await student.models()
         except Exception as e:
             return ApiError(503, f"student engine not ready: {type(e).__name__}", None, "not_ready").response()
-        return JSONResponse({"status": "ready", "serving": m["promoted"], "base_model": m["base"]})
+        return JSONResponse({"status": "ready", "serving": m["promoted"], "base_model": m["base"],
+                             "merged": m.get("merged")})
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:

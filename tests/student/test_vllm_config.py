@@ -1,0 +1,50 @@
+"""The student's vLLM command line, read back by vLLM's own parser: what the config asks for is what vLLM gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.config import Settings
+from services.student.merged import WORKER_EXTENSION
+from services.student.vllm_config import vllm_argv, vllm_namespace
+
+MODEL = "/models/student"
+
+
+def parsed(**student: object) -> object:
+    return vllm_namespace(Settings(student=student), MODEL, "base-id")
+
+
+def test_the_defaults_reach_vllm_as_vllm_reads_them() -> None:
+    ns = parsed()
+    assert (ns.model, ns.tokenizer, ns.served_model_name) == (MODEL, MODEL, ["base-id"])
+    assert (ns.max_model_len, ns.dtype, ns.max_num_seqs, ns.max_logprobs) == (2048, "bfloat16", 64, 20)
+    assert ns.enable_lora and (ns.max_loras, ns.max_cpu_loras) == (4, 8)
+    assert (ns.tool_call_parser, ns.enable_auto_tool_choice, ns.tool_strict_level) == ("hermes", True, "parameter")
+    assert ns.structured_outputs_config.backend == "auto"
+    assert ns.chat_template is None
+
+
+def test_a_merged_promotion_gives_the_engine_twice_the_adapter_rank_and_the_merge_method() -> None:
+    merged, plain = parsed(max_lora_rank=16), parsed(max_lora_rank=16, merge_promoted=False)
+    assert (merged.max_lora_rank, plain.max_lora_rank) == (32, 16)
+    assert merged.worker_extension_cls == WORKER_EXTENSION
+    assert plain.worker_extension_cls != WORKER_EXTENSION
+
+
+def test_tools_off_and_a_chat_template_of_ones_own() -> None:
+    ns = parsed(tool_call_parser=None, chat_template="{{ messages }}")
+    assert ns.tool_call_parser is None and not ns.enable_auto_tool_choice
+    assert ns.chat_template == "{{ messages }}"
+
+
+def test_extra_vllm_arguments_come_last_and_win() -> None:
+    argv = vllm_argv(Settings(student={"vllm_args": ["--max-num-seqs", "7", "--seed", "3"]}), MODEL, "b")
+    assert argv[-4:] == ["--max-num-seqs", "7", "--seed", "3"]
+    ns = parsed(vllm_args=["--max-num-seqs", "7"])
+    assert ns.max_num_seqs == 7
+
+
+def test_an_unknown_strict_level_is_refused_by_the_config() -> None:
+    with pytest.raises(ValueError, match="tool_strict_level"):
+        Settings(student={"tool_strict_level": "sometimes"})
