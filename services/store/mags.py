@@ -161,6 +161,7 @@ class MagStore:
         """Insert queue items (CaptureRow fields) in one transaction; a request id already queued is skipped.
         Returns rows added."""
         added = 0
+        keys: list[str] = []
         with self.db.session() as s:
             for item in items:
                 if s.scalar(select(CaptureRow.id).where(CaptureRow.request_id == item["request_id"])) is not None:
@@ -173,8 +174,23 @@ class MagStore:
                             "label_key_id": label.key_id, "label_trusted": label.trusted}
                 s.add(CaptureRow(**item))
                 added += 1
+                keys += [item["request_id"], *([item["response_id"]] if item.get("response_id") else [])]
             s.flush()  # a row the database refuses fails here, inside this batch's transaction
+        if keys:
+            self._apply_pending_labels(keys)
         return added
+
+    def _apply_pending_labels(self, keys: list[str]) -> None:
+        """Labels that arrived while their requests were being written: the label's transaction found no request
+        and the request's found no label, each before the other committed. Run after either commits, so the one
+        that commits last sees the other's row."""
+        with self.db.session() as s:
+            for label in s.scalars(select(LabelRow).where(LabelRow.request_id.in_(keys))):
+                row = s.scalar(select(CaptureRow).where(
+                    (CaptureRow.request_id == label.request_id) | (CaptureRow.response_id == label.request_id)))
+                if row is not None and row.label is None and _owns(label.key_id or ANONYMOUS_KEY_ID, row.key_id):
+                    row.label, row.label_source, row.updated_at = label.answer, "feedback", utcnow()
+                    row.label_key_id, row.label_trusted = label.key_id, label.trusted
 
     def dead_letter(self, item: dict[str, Any], error: str) -> None:
         """Keep a queue item the store refused, as ASCII-escaped JSON (so any content fits)."""
@@ -279,9 +295,12 @@ class MagStore:
         has `max_pending` labels waiting for requests that were never captured).
         """
         try:
-            return self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
+            result = self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
         except IntegrityError:  # a concurrent first label for the same unknown request: theirs is stored now
-            return self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
+            result = self._add_label(key, answer, key_id, trusted, max_relabels, max_pending)
+        if result[0] == "pending":  # its request may have been written meanwhile
+            self._apply_pending_labels([key])
+        return result
 
     def _add_label(self, key: str, answer: str, key_id: str, trusted: bool, max_relabels: int | None,
                    max_pending: int | None) -> tuple[str, str | None]:

@@ -93,7 +93,12 @@ class StudentOpenAI:
                 # Closed here, before the pin is released, however the stream ends: that aborts vLLM's request.
                 async with aclosing(_batched(result, self.batch_s)) as batches:
                     async for frames in batches:
-                        yield Chunks(_client_frames(frames, ran, asked, usage))
+                        frames, error = _until_error(frames)
+                        if frames:
+                            yield Chunks(_client_frames(frames, ran, asked, usage))
+                        if error is not None:  # vLLM's error frame: the gateway ends the stream in its own shape
+                            yield _failed(error, endpoint, request)
+                            return
                 yield tally.finished()
 
 
@@ -118,6 +123,21 @@ def _failed(error: Any, endpoint: str, request: Any) -> Failed:
         code = "invalid_grammar"
         param = param or ("response_format" if getattr(request, "response_format", None) is not None else "tools")
     return Failed(int(e.code), e.message, param, code)
+
+
+def _until_error(frames: list[str]) -> tuple[list[str], Any]:
+    """The frames before vLLM's first error frame (`data: {"error": ...}`, written when generation fails after the
+    stream started), and that error as an ErrorResponse (None if there is none)."""
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    for i, frame in enumerate(frames):
+        if frame.startswith('data: {"error"'):
+            try:
+                return frames[:i], ErrorResponse.model_validate_json(frame[6:])
+            except ValueError:
+                return frames[:i], ErrorResponse.model_validate(
+                    {"error": {"message": frame[6:].strip()[:500], "type": "InternalServerError", "code": 500}})
+    return frames, None
 
 
 def _client_frames(frames: list[str], served: str, asked: str, usage: bool) -> list[str]:

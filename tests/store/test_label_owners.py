@@ -121,3 +121,17 @@ def test_concurrent_first_labels_for_one_request_all_succeed(store) -> None:
     assert results == [("pending", "raced")] * 8
     with store.db.session() as s:
         assert s.scalar(select(LabelRow.answer).where(LabelRow.request_id == "raced")) in {str(i) for i in range(8)}
+
+
+def test_a_label_whose_transaction_crossed_its_requests_write_is_applied_after_both(store) -> None:
+    """The label's transaction found no request and the request's found no label (each committed after the other
+    read): the label row exists beside an unlabelled request. The check that runs after either commit applies it,
+    to the request's own key only."""
+    store.enqueue([item("r-race", "key-a"), item("r-other", "key-b")])
+    with store.db.session() as s:  # what the crossing label transactions left behind
+        s.add(LabelRow(request_id="r-race", answer="5", key_id="key-a", trusted=True))
+        s.add(LabelRow(request_id="r-other", answer="6", key_id="key-a", trusted=True))
+    assert label_of(store, "r-race")[0] is None
+    store._apply_pending_labels(["r-race", "r-other"])
+    assert label_of(store, "r-race")[:3] == ("5", "key-a", True)
+    assert label_of(store, "r-other")[0] is None  # another key's request: never labelled by it

@@ -26,7 +26,7 @@ from vllm.entrypoints.serve.exception_handling.error_response import create_erro
 from vllm.exceptions import VLLMNotFoundError, VLLMServerError, VLLMValidationError
 
 from services.student.events import Failed
-from services.student.serving import _batched, _client_frames, _failed
+from services.student.serving import _batched, _client_frames, _failed, _until_error
 
 # ---- _batched ------------------------------------------------------------------------------------------
 
@@ -248,3 +248,17 @@ def test_a_server_error_keeps_its_status() -> None:
     failed = _failed(error(VLLMServerError("engine dead")), "chat", CHAT)
     assert (failed.status, failed.param, failed.code) == (500, None, None)
     assert isinstance(failed.status, int)
+
+
+# ---- _until_error --------------------------------------------------------------------------------------
+def test_frames_stop_at_vllms_error_frame_which_becomes_the_error() -> None:
+    error = 'data: {"error": {"message": "engine died", "type": "InternalServerError", "param": null, "code": 500}}\n\n'
+    frames = [chat_frame("student", "a"), error, "data: [DONE]\n\n"]
+    before, found = _until_error(frames)
+    assert before == frames[:1]
+    assert (found.error.code, found.error.message) == (500, "engine died")
+    failed = _failed(found, "chat", CHAT)
+    assert (failed.status, failed.message) == (500, "engine died")
+    assert _until_error(frames[:1]) == (frames[:1], None)
+    _, garbled = _until_error(['data: {"error": not json\n\n'])
+    assert garbled.error.code == 500
