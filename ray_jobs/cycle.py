@@ -30,6 +30,7 @@ from ray_jobs.evaluate.evaluator import EvalResult, combine, evaluate, load_slic
 from ray_jobs.evaluate.gate import Decision, decide
 from ray_jobs.trees.build import TrainingData, build
 from ray_jobs.trees.encode import Encoder
+from services.cluster import cluster_address
 from services.config import Settings, load_settings
 from services.registry import AdapterRegistry, AdapterVersion
 from services.service_client import ServiceClient
@@ -67,13 +68,13 @@ def connect_ray(settings: Settings) -> None:
     from services.launcher import ray_address_file
 
     left = ray_address_file(settings)
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS") or (left.read_text().strip()
-                                                                      if left.is_file() else None)
+    given = cluster_address(settings)
+    address = given or (left.read_text().strip() if left.is_file() else None)
     kwargs: dict[str, Any] = {"namespace": settings.ray.namespace, "log_to_driver": True}
     try:
         ray.init(address=address or "auto", **kwargs)
     except ConnectionError:
-        if settings.ray.address or os.environ.get("RAY_ADDRESS"):
+        if given:
             raise
         log.warning("no running Ray cluster found: training on a private local Ray (not accounted with serving)")
         ray.init(num_cpus=settings.ray.num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)

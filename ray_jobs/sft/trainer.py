@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ray_jobs.sft.packing import DEFAULT_ROW_TOKENS, group, pack_sft, packed_loss
-from ray_jobs.train.optim import optimizer
+from ray_jobs.train.optim import mean_over_workers, optimizer, rank_world, shard, share_scale
 from ray_jobs.train.optim import step as optim_step
 from ray_jobs.trees.encode import SftExample
 
@@ -88,24 +88,33 @@ def batch_loss(model: Any, batch: list[SftExample], pad_id: int, *, pack: bool =
 def train_sft(model: Any, examples: list[SftExample], *, lr: float, steps: int, batch_size: int, pad_id: int,
               seed: int, log: Callable[[dict[str, Any]], None], pack: bool = True, row_tokens: int | None = None
               ) -> dict[str, Any]:
-    """`steps` optimizer steps of `batch_size` examples, in reshuffled passes over `examples` (the worker sets it
-    from the global set, see `ray_jobs.train.worker`); `pack`: shared-prefix packing (see the module);
+    """`steps` optimizer steps of `batch_size` examples, in reshuffled passes over `examples` (the whole set; the
+    worker sets `steps`, see `ray_jobs.train.worker`); `pack`: shared-prefix packing (see the module);
     `row_tokens`: a packed row's budget (default: the default `max_prompt_tokens + max_completion_tokens`, the
-    longest example the encoder lets through)."""
+    longest example the encoder lets through).
+
+    With several workers (a torch process group), each computes its `shard` of every step's batch, and the
+    step's loss is the batch's, as one worker computes it (`ray_jobs.train.optim`): `sft_losses` is every step's,
+    averaged over the workers; the `log` callback gets this worker's share."""
     if steps == 0:
-        return {"sft_steps": 0}
+        return {"sft_steps": 0, "sft_losses": []}
+    rank, world = rank_world()
     opt, sched = optimizer(model, lr, steps)
     model.train()
     losses, t0 = [], time.monotonic()
     computed = total = 0
     for step, batch in enumerate(batches(examples, batch_size, steps, seed), 1):
-        loss, work = batch_loss(model, batch, pad_id, pack=pack, row_tokens=row_tokens or DEFAULT_ROW_TOKENS)
+        mine = shard(batch, rank, world)
+        loss, work = batch_loss(model, mine, pad_id, pack=pack, row_tokens=row_tokens or DEFAULT_ROW_TOKENS)
+        loss = loss * share_scale(len(batch), rank, world)
         loss.backward()
         optim_step(model, opt, sched)
         losses.append(loss.item())
         computed, total = computed + work["tokens"], total + work["example_tokens"]
         log({"phase": "sft", "step": step, "steps": steps, "loss": round(losses[-1], 4), "rows": work["rows"],
              "lr": sched.get_last_lr()[0], "elapsed_s": round(time.monotonic() - t0, 1)})
-    return {"sft_steps": steps, "sft_loss_first": losses[0], "sft_loss_last": sum(losses[-5:]) / len(losses[-5:]),
+    losses = mean_over_workers(losses, next(model.parameters()).device)
+    return {"sft_steps": steps, "sft_losses": losses, "sft_loss_first": losses[0],
+            "sft_loss_last": sum(losses[-5:]) / len(losses[-5:]),
             "sft_seconds": round(time.monotonic() - t0, 1),
             "sft_packed_token_share": round(computed / max(1, total), 3)}

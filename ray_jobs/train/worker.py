@@ -6,10 +6,14 @@ adapter and reports it as a checkpoint after each stage: a cycle killed during T
 on disk for inspection, but only a finished cycle is ever published.
 
 Data parallel without a join: every step all-reduces the gradients (`optim.average_gradients`), so every worker
-must take the same steps. Worker `rank` trains on `shard(items, rank, world)` of each set, and each stage's step
-count comes from the global set (`steps_for`: `epochs` passes over the largest shard, capped by `max_steps`): a
-shorter shard cycles through its items, a worker past the end of a set smaller than the workers takes an item by
-wrapping around, and T-DPO runs on every worker or on none (T-DPO off, or no tree at all).
+must take the same steps. A stage's `batch_size` (`trees_per_step`) is the global batch, split among the workers:
+every worker draws the same seeded batches from the whole set, as one worker would, and computes its
+`optim.shard` of each (a batch smaller than the workers is shared by wrapping around, so every worker computes a
+gradient), with its loss scaled so that the averaged gradient and loss are one worker's of the whole batch. So the
+step count (`steps_for`: `epochs` passes over the set, capped by `max_steps`), the schedule and the loss trajectory
+do not depend on `num_workers` (up to float rounding); more workers only take less time per step. T-DPO runs on
+every worker or on none (T-DPO off, or no tree at all). Rank 0 reports each stage's per-step losses averaged over
+the workers (`sft_losses`, `tdpo_losses`).
 """
 
 from __future__ import annotations
@@ -19,26 +23,17 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 log = logging.getLogger("distillery.train")
-T = TypeVar("T")
 
 
-def shard(items: list[T], rank: int, world: int) -> list[T]:
-    """Worker `rank`'s share: every `world`-th item from `rank`; with fewer items than workers, a worker left
-    without one takes item `rank % len(items)`, so that it computes real gradients too."""
-    if not items:
-        return []
-    return items[rank::world] or [items[rank % len(items)]]
-
-
-def steps_for(n_items: int, world: int, per_step: int, epochs: float, max_steps: int | None) -> int:
-    """A stage's optimizer steps, the same on every worker: `epochs` passes over the largest of the `world` shards
-    of `n_items` (one worker: over them all), `per_step` items a step; 0 with no items."""
+def steps_for(n_items: int, per_step: int, epochs: float, max_steps: int | None) -> int:
+    """A stage's optimizer steps, the same on every worker and for any number of workers: `epochs` passes over
+    `n_items`, `per_step` items a step (the global batch), capped by `max_steps`; 0 with no items."""
     if not n_items:
         return 0
-    steps = max(1, math.ceil(math.ceil(n_items / world) * epochs / per_step))
+    steps = max(1, math.ceil(n_items * epochs / per_step))
     return min(steps, max_steps) if max_steps else steps
 
 
@@ -73,7 +68,6 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = "cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu"
     all_sft, all_trees = load_training_data(config["data_path"])
-    sft, trees = shard(all_sft, rank, world), shard(all_trees, rank, world)
     model = load_model(config["model_path"], config["lora"], device, config["seed"], config["checkpointing"])
     metrics: dict[str, Any] = {"sft_examples": len(all_sft), "trees": len(all_trees),
                                "pairs": sum(len(t.pairs) for t in all_trees), "workers": world,
@@ -95,15 +89,15 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     s = config["sft"]
-    steps = steps_for(len(all_sft), world, s["batch_size"], s["epochs"], s["max_steps"])
-    metrics.update(train_sft(model, sft, lr=s["lr"], steps=steps, batch_size=s["batch_size"],
+    steps = steps_for(len(all_sft), s["batch_size"], s["epochs"], s["max_steps"])
+    metrics.update(train_sft(model, all_sft, lr=s["lr"], steps=steps, batch_size=s["batch_size"],
                              pad_id=config["pad_id"], seed=config["seed"], log=progress,
                              pack=s["pack_shared_prefix"], row_tokens=config["row_tokens"]))
     checkpoint("sft")
     d = config["tdpo"]
     if d["enabled"] and all_trees:  # the global list: every worker or none, as every step all-reduces
-        steps = steps_for(len(all_trees), world, d["trees_per_step"], d["epochs"], d["max_steps"])
-        metrics.update(train_tdpo(model, trees, beta=d["beta"], lr=d["lr"], steps=steps,
+        steps = steps_for(len(all_trees), d["trees_per_step"], d["epochs"], d["max_steps"])
+        metrics.update(train_tdpo(model, all_trees, beta=d["beta"], lr=d["lr"], steps=steps,
                                   trees_per_step=d["trees_per_step"], pad_id=config["pad_id"], seed=config["seed"],
                                   log=progress))
         checkpoint("tdpo")
