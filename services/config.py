@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +34,41 @@ GOLD_SOURCES = frozenset({"feedback", "dataset", "consensus"})  # where a debate
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "distillery"
+
+
+class Replicas(BaseModel):
+    """How many Ray Serve replicas a deployment runs: a fixed count, or autoscaling bounds (Ray Serve's
+    `autoscaling_config`, scaled on requests in flight per replica)."""
+
+    num: int = Field(1, ge=1, description="Replicas when autoscaling is off (`max` unset).")
+    min: int = Field(1, ge=0, description="Autoscaling: fewest replicas (0 lets Ray Serve scale the deployment to none "
+                     "when idle).")
+    max: int | None = Field(None, ge=1, description="Autoscaling: most replicas; unset turns autoscaling off.")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="Autoscaling: requests in flight per replica Ray Serve scales to keep."
+    )
+    max_per_node: int | None = Field(
+        None, ge=1, description="Most replicas on one Ray node (1 spreads them over nodes, so a node lost takes one).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Replicas:
+        if self.max is not None and self.min > self.max:
+            raise ValueError(f"replicas.min={self.min} exceeds replicas.max={self.max}: raise max or lower min")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """The deployment options Ray Serve takes for this (`Deployment.options(**...)`)."""
+        options: dict[str, Any] = {}
+        if self.max is None:
+            options["num_replicas"] = self.num
+        else:
+            options["autoscaling_config"] = {"min_replicas": self.min, "max_replicas": self.max,
+                                             "initial_replicas": max(self.min, 1),
+                                             "target_ongoing_requests": self.target_ongoing_requests}
+        if self.max_per_node is not None:
+            options["max_replicas_per_node"] = self.max_per_node
+        return options
 
 
 class ServerConfig(BaseModel):
@@ -70,7 +107,8 @@ class ServerConfig(BaseModel):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
     max_concurrent_requests: int = Field(
-        64, ge=1, description="Generation requests in flight before new ones get 429."
+        64, ge=1, description="Generation requests in flight in one gateway replica before new ones get 429 (the "
+        "limit is per replica: N gateway replicas admit up to N times this; see docs/scaling.md)."
     )
     max_sequences_in_flight: int = Field(
         128, ge=1, description="Sequences (prompts x n of every generation request) in flight before new requests "
@@ -88,6 +126,11 @@ class ServerConfig(BaseModel):
         "the stream is dropped, its generation aborted and its in-flight slot released.",
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Ray Serve request timeout.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Gateway (HTTP ingress) replicas.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Ray Serve runs its HTTP proxies: on every node (a load balancer in front "
+        "spreads clients over them), or on the head node only.",
+    )
     internal_url: str | None = Field(
         None, description="How the service's own parts (training jobs, the rollout watch, built-in teachers) reach "
         "its HTTP API. Unset: http://127.0.0.1:<port>. On Kubernetes the chart sets the RayService's serve Service.",
@@ -120,8 +163,15 @@ class StudentConfig(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved by the student replica (0 on CPU).")
     max_seqs: int = Field(64, ge=1, description="vLLM max_num_seqs: sequences scheduled together.")
     registry_poll_s: float = Field(
-        2.0, gt=0, description="How often a student replica re-reads the promoted version from the registry."
+        2.0, gt=0, description="How often a student replica re-reads the promoted version from the registry and "
+        "reports what it serves (the bound on a promotion reaching every replica is this plus the load time)."
     )
+    promotion_wait_s: float = Field(
+        30.0, ge=0, description="A promotion or rollback waits this long for every live student replica to report "
+        "the new version; the answer names the replicas that did not (those are unready: they refuse `student` "
+        "rather than serve another version).",
+    )
+    replicas: Replicas = Field(default_factory=Replicas, description="Student replicas (one vLLM engine each).")
     tool_call_parser: str | None = Field(
         "hermes",
         description="vLLM tool parser (`--tool-call-parser`) that reads tool calls out of the student's text and "
@@ -367,6 +417,8 @@ class DebateConfig(BaseModel):
         0.8, ge=0, le=2, description="FAIR: temperature of the teachers' explanations of the student's mistakes."
     )
     concurrency: int = Field(2, ge=1, description="Debates run at once by one worker.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Debate worker replicas (each claims captured "
+                               "requests from the store under a lease, so any number share the queue).")
     teacher_tokens_per_hour: int = Field(
         2_000_000, ge=1, description="Teacher tokens (prompt and completion, all teachers) the debates may use in a "
         "rolling hour; once spent, the service's debate worker starts no new debate until the hour rolls on (queued "
@@ -423,7 +475,10 @@ class SftSettings(BaseModel):
         "the answer format unlearned after 18 steps (loss 0.46), 1e-3 learned it (loss 0.04).",
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the SFT data (D&R: 2).")
-    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    batch_size: int = Field(
+        8, ge=1, description="Examples per optimizer step, over all workers: with `training.num_workers` > 1 each "
+        "computes its share of every step's batch, so the steps and losses are one worker's.",
+    )
     explanation_share: float = Field(
         0.5, ge=0, le=1, description="FAIR's mix: the share of the SFT loss on explanations of the student's mistakes "
         "(the rest on rationales); FAIR trains 0.5 * CE(explanations) + 0.5 * CE(rationales). Applied when both "
@@ -445,7 +500,10 @@ class TdpoSettings(BaseModel):
     beta: float = Field(0.1, gt=0, description="DPO temperature (D&R keeps TRL's 0.1).")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (D&R: 5e-6 on 7B; a 135M LoRA needs more).")
     epochs: float = Field(3.0, gt=0, description="Passes over the trees (D&R: 3).")
-    trees_per_step: int = Field(4, ge=1, description="Tree nodes per optimizer step (each with all its pairs).")
+    trees_per_step: int = Field(
+        4, ge=1, description="Tree nodes per optimizer step (each with all its pairs), over all workers: with "
+        "`training.num_workers` > 1 each computes its share of every step's trees.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: run the epochs).")
     level_weight: float = Field(
         1.0, gt=0, description="Pair weight = level_weight ** round: 1.0 weights every level alike (the paper); "
@@ -512,7 +570,12 @@ class TrainingConfig(BaseModel):
         "here gets weight 0.",
     )
     max_completion_tokens: int = Field(384, ge=16, description="Completions are cut to this (chosen ones dropped).")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel).")
+    num_workers: int = Field(
+        1, ge=1, description="Ray Train workers (data parallel): each step's batch (`sft.batch_size`, "
+        "`tdpo.trees_per_step`) is split among them and their gradients averaged, so the steps and the loss "
+        "trajectory are one worker's (up to float rounding) and a step takes less time. A batch smaller than the "
+        "workers is shared by repeating items.",
+    )
     cpus_per_worker: float = Field(
         1.0, gt=0, description="Ray CPUs each worker reserves: with the student's `num_cpus`, Ray accounts for "
         "the cores so training never oversubscribes the serving engine.",
@@ -563,6 +626,10 @@ class StorageConfig(BaseModel):
         None, description="Endpoint of an S3-compatible store (e.g. http://minio:9000); unset: AWS S3."
     )
     s3_region: str = Field("us-east-1", description="Region sent to the object store.")
+    shared_volume: bool = Field(
+        False, description="The data dir is one volume every Ray node mounts (NFS, a ReadWriteMany volume): adapter "
+        "folders there are shared. Off, a service on more than one node needs `adapters_url`.",
+    )
     max_adapter_bytes: int = Field(
         2 * 1024**3, gt=0, description="Largest adapter folder (all files together) a publish copies or a replica "
         "reads; a larger one is refused, as is any folder holding a symbolic link or a special file.",
@@ -702,7 +769,10 @@ class RetentionConfig(BaseModel):
 
 
 class RayConfig(BaseModel):
-    address: str | None = Field(None, description="Existing Ray cluster address; unset starts a local one.")
+    address: str | None = Field(
+        None, description="Existing Ray cluster to join (`ray://...`, `host:port` or `auto`; the `RAY_ADDRESS` "
+        "environment variable is read when this is unset). Unset: `distillery serve` starts a local one.",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all cores).")
     namespace: str = Field("distillery", description="Ray namespace of the Serve applications.")
 
@@ -861,6 +931,36 @@ def _masked(value: Any, name: str = "") -> Any:
     if isinstance(value, str) and value:
         return MASK if _secret_name(name) else masked_url(value)
     return value
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(v) for v in value]
+    return value
+
+
+def write_settings_file(settings: Settings, path: Path) -> Path:
+    """`settings` as a YAML file for `DISTILLERY_CONFIG`, secrets included, readable by its owner only: how a
+    child process (a training cycle) runs with exactly the settings of the service that started it, on whichever
+    Ray node that is (a joined cluster's raylets do not have the service's environment)."""
+    data = to_jsonable_python(_revealed(settings.model_dump(mode="python")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path
+
+
+def without_settings_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` less the variables that set a setting (`DISTILLERY_<FIELD>...`), so that `DISTILLERY_CONFIG` alone
+    decides; other `DISTILLERY_*` variables (test hooks, Ray's log switch) stay."""
+    fields = {name.upper() for name in Settings.model_fields}
+    return {k: v for k, v in env.items()
+            if not (k.startswith("DISTILLERY_") and k.removeprefix("DISTILLERY_").split("__")[0] in fields)}
 
 
 def load_settings(**overrides: Any) -> Settings:

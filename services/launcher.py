@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.cluster import StateNotShared, alive_nodes, check_shared_state, cluster_address
 from services.config import Settings
 from services.gateway.exposure import check_exposure
 from services.service_client import service_url
@@ -47,16 +48,17 @@ def build_application(settings: Settings, model_path: str) -> Any:
         max_ongoing_requests=ongoing,
         health_check_period_s=10,
         health_check_timeout_s=60,
+        **settings.student.replicas.serve_options(),
     ).bind(settings, model_path, base_id)
     debate = None
     if settings.debate.enabled and settings.capture.enabled:
-        debate = DebateDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
-            student, settings, model_path, teachers_url(settings)
-        )
+        debate = DebateDeployment.options(
+            ray_actor_options={"num_cpus": 0}, **settings.debate.replicas.serve_options()
+        ).bind(student, settings, model_path, teachers_url(settings))
     # The scheduler only starts training jobs (which reserve their own CPUs) and watches promotions.
     scheduler = SchedulerDeployment.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_path, base_id)
     return GatewayDeployment.options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing, **settings.server.replicas.serve_options()
     ).bind(student, debate, scheduler, settings, model_path, base_id)
 
 
@@ -71,13 +73,16 @@ def build_teachers_application(settings: Settings) -> Any | None:
     )
 
 
-def offline_env(settings: Settings) -> None:
-    """Replicas inherit the environment of the process that starts Ray: nothing may reach a model hub."""
+def offline_env(settings: Settings) -> dict[str, str]:
+    """Nothing may reach a model hub. Replicas of a local Ray inherit the environment of the process that starts it;
+    on a cluster it joins, they get these through the job's runtime environment (returned)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.student.kv_cache_gb))
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "VLLM_CPU_KVCACHE_SPACE")
+    return {name: os.environ[name] for name in names}
 
 
 def serve_app(args: dict[str, Any] | None = None) -> Any:
@@ -88,6 +93,7 @@ def serve_app(args: dict[str, Any] | None = None) -> Any:
     check_exposure(settings.server)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     offline_env(settings)
+    check_shared_state(settings, alive_nodes())
     return build_application(settings, resolve_base_model(settings, log.info))
 
 
@@ -131,24 +137,33 @@ def start(settings: Settings, progress: Progress = print) -> str:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_base_model(settings, progress)
-    offline_env(settings)
-    with _Ticker(progress, "starting Ray"):
+    env = offline_env(settings)
+    address = cluster_address(settings)
+    local: dict[str, Any] = {} if address else {
+        "num_cpus": settings.ray.num_cpus or os.cpu_count(), "include_dashboard": False,
+        "object_store_memory": 256 * 1024**2}
+    with _Ticker(progress, f"joining the Ray cluster at {address}" if address else "starting Ray"):
         ray.init(
-            address=settings.ray.address or "local",
-            num_cpus=settings.ray.num_cpus or os.cpu_count(),
+            address=address or "local",
             namespace=settings.ray.namespace,
-            include_dashboard=False,
             log_to_driver=os.environ.get("DISTILLERY_RAY_LOG_TO_DRIVER", "0") == "1",
-            object_store_memory=None if settings.ray.address else 256 * 1024**2,
+            runtime_env={"env_vars": env},
+            **local,
         )
+        try:
+            check_shared_state(settings, alive_nodes())
+        except StateNotShared:
+            ray.shutdown()
+            raise
         # Training jobs started from the CLI (`distillery train --once`) join this cluster through this file.
         ray_address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         serve.start(
+            proxy_location=settings.server.proxy_location,
             http_options={
                 "host": settings.server.host,
                 "port": settings.server.port,
                 "request_timeout_s": settings.server.request_timeout_s,
-            }
+            },
         )
     teachers = build_teachers_application(settings)
     if teachers is not None:

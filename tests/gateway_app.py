@@ -32,7 +32,7 @@ class LocalStudentClient:
         self.engine = engine
         self.openai = openai
 
-    def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
+    def serve(self, endpoint: str, request: Any, version: str | None = None) -> AsyncIterator[StudentEvent]:
         assert self.openai is not None, "this test student does not generate"
         return self.openai.serve(endpoint, request)  # type: ignore[no-any-return]
 

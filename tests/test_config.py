@@ -171,3 +171,15 @@ def test_a_labels_file_must_hold_a_label_set(tmp_path):
         path.write_text(content)
         with pytest.raises(ValidationError, match="label"):
             TaskProfile(name="intent", answer_type="label", labels_file=path)
+
+
+def test_replica_counts_become_ray_serve_options() -> None:
+    from services.config import Replicas
+
+    assert Replicas().serve_options() == {"num_replicas": 1}
+    assert Replicas(num=3, max_per_node=1).serve_options() == {"num_replicas": 3, "max_replicas_per_node": 1}
+    scaled = Replicas(min=0, max=4, target_ongoing_requests=16).serve_options()
+    assert scaled == {"autoscaling_config": {"min_replicas": 0, "max_replicas": 4, "initial_replicas": 1,
+                                             "target_ongoing_requests": 16}}
+    with pytest.raises(ValueError, match="raise max or lower min"):
+        Replicas(min=5, max=2)

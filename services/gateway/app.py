@@ -33,6 +33,7 @@ from services.gateway.student_client import StudentClient
 from services.registry import AdapterRegistry
 from services.store.controls import Controls
 from services.store.mags import MagStore
+from services.store.replicas import ReplicaBoard, ScrapeTargets, stale_after
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,23 @@ def build_app(
     jobs: JobsService | None = None,
     controls: Controls | None = None,
     echo_request_id: bool = True,
+    replicas: ReplicaBoard | None = None,
+    targets: ScrapeTargets | None = None,
 ) -> FastAPI:
     """`store`: the capture queue, for /v1/feedback. `extra_metrics`: more exposition appended to /metrics (the
     debate worker's, the training scheduler's). `jobs`: /admin/train and /admin/jobs. `echo_request_id=False`
-    behind Ray Serve, whose proxy already returns x-request-id."""
+    behind Ray Serve, whose proxy already returns x-request-id. `replicas`: the board the student replicas report
+    to, read by /ready, /metrics and promotions (None: one student in this process). `targets`: where each gateway
+    replica's own metrics are, listed at /metrics/targets."""
     app = FastAPI(title="Distillery", version="0.1.0", docs_url="/docs", redoc_url=None, responses=ERRORS)
     install_openapi(app)
     metrics = metrics or ServingMetrics()
     auth = Auth(settings.server)
     capture = CapturePolicy(settings.capture, sink or NullSink(), task_rates={
         t.name: t.sample_rate for t in settings.tasks if t.sample_rate is not None})
-    generation = GenerationService(settings, student, metrics, capture)
-    adapters = AdapterService(registry, student, metrics)
+    generation = GenerationService(settings, student, metrics, capture, registry.base_model)
+    adapters = AdapterService(registry, student, metrics, replicas, settings.student.promotion_wait_s,
+                              stale_after(settings.student.registry_poll_s))
     app.state.metrics, app.state.generation = metrics, generation
 
     # ---- cross-cutting: the front door (body limit, cross-site refusal), request ids, errors in the OpenAI shape
@@ -91,5 +97,6 @@ def build_app(
     openai_api.attach_router(app, settings, auth, generation, student, registry, adapters,
                              FeedbackService(store, settings))
     admin.attach_router(app, auth, adapters, jobs or JobsService(None, None), DistillationService(controls))
-    operations.attach_router(app, student, registry, metrics, extra_metrics or [])
+    operations.attach_router(app, student, registry, metrics, extra_metrics or [], replicas, targets,
+                             stale_after(settings.student.registry_poll_s))
     return app

@@ -9,8 +9,12 @@ from ray import serve
 
 from services.capture.redact import build_redactor
 from services.capture.sink import StoreSink
+from services.cluster import replica_identity
 from services.config import Settings
 from services.gateway.app import build_app
+from services.gateway.exposure import is_loopback
+from services.gateway.metrics import ServingMetrics
+from services.gateway.replica_metrics import ReplicaMetricsServer
 from services.gateway.serving_jobs import JobsService
 from services.gateway.student_client import RayStudentClient
 from services.registry import AdapterRegistry
@@ -18,6 +22,14 @@ from services.store.controls import Controls
 from services.store.db import Database
 from services.store.jobs import JobStore
 from services.store.mags import MagStore
+from services.store.replicas import ReplicaBoard, ScrapeTargets
+
+
+def _metrics_host(settings: Settings) -> str:
+    """Loopback while the service listens on loopback; else this node's address, where Prometheus reaches it."""
+    import ray
+
+    return "127.0.0.1" if is_loopback(settings.server.host) else ray.util.get_node_ip_address()
 
 
 class RaySchedulerClient:
@@ -51,8 +63,12 @@ class GatewayDeployment:
                                          holdout={t.name: t.eval.holdout for t in settings.tasks},
                                          per_key_per_hour=settings.capture.per_key_per_hour,
                                          max_queued=settings.capture.max_queued)
+        metrics = ServingMetrics()
+        targets = ScrapeTargets(db)
+        self._metrics_server = ReplicaMetricsServer(metrics, targets, replica_identity()[0], _metrics_host(settings))
         self._app = build_app(
             settings,
+            metrics=metrics,
             student=RayStudentClient(student),
             registry=registry,
             sink=sink,
@@ -62,9 +78,13 @@ class GatewayDeployment:
             jobs=JobsService(JobStore(db), RaySchedulerClient(scheduler)) if scheduler is not None else None,
             controls=controls,
             echo_request_id=False,  # Ray Serve's proxy sets x-request-id (the client's, or a new uuid)
+            replicas=ReplicaBoard(db),
+            targets=targets,
         )
 
     def __del__(self) -> None:
+        if getattr(self, "_metrics_server", None) is not None:
+            self._metrics_server.close()
         if getattr(self, "_sink", None) is not None:
             self._sink.close()  # graceful shutdown: what the writer still buffers reaches the store
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Served:
     adapter: str
+    replica: str = ""  # the student replica that served it
     body: dict[str, Any] | None = None
     stream: AsyncIterator[str] | None = None
     close: Callable[[], Awaitable[None]] | None = None  # with `stream`: ends it, run whatever became of the body
@@ -63,13 +64,14 @@ async def _cancel(events: Any) -> None:
 
 
 class GenerationService:
-    def __init__(
-        self, settings: Settings, student: StudentClient, metrics: ServingMetrics, capture: CapturePolicy
-    ) -> None:
+    def __init__(self, settings: Settings, student: StudentClient, metrics: ServingMetrics, capture: CapturePolicy,
+                 base_id: str) -> None:
+        """`base_id`: the base model's name (with `student.served_name`, the models that are not an exact version)."""
         self.settings = settings
         self.student = student
         self.metrics = metrics
         self.capture = capture
+        self.base_id = base_id
         self.in_flight = 0
         self.sequences_in_flight = 0
 
@@ -99,7 +101,9 @@ class GenerationService:
 
     async def _generate(self, gen: Generation, slot: Slot, *, request_id: str, started_at: float,
                         headers: dict[str, str], key_id: str) -> Served | ApiError:
-        events = self.student.serve(gen.endpoint, gen.request)
+        student = self.settings.student.served_name
+        exact = gen.model if gen.model not in (student, self.base_id) else None
+        events = self.student.serve(gen.endpoint, gen.request, exact)
         try:
             first = await anext(events)
         except StopAsyncIteration:
@@ -116,7 +120,7 @@ class GenerationService:
             finish(200)
             async for _ in events:  # the student's generator ends here: let it finish (and release its pin)
                 pass
-            return Served(first.adapter, body=first.json)
+            return Served(first.adapter, first.replica, body=first.json)
         if not isinstance(first, Started):
             failed = first if isinstance(first, Failed) else Failed(500, f"unexpected {type(first).__name__}")
             # The client's spelling of the model never becomes a label: it has not resolved to a canonical name.
@@ -132,7 +136,7 @@ class GenerationService:
                 finish(499)
                 await _cancel(events)
 
-        return Served(first.adapter, stream=body, close=close,
+        return Served(first.adapter, first.replica, stream=body, close=close,
                       send_timeout_s=self.settings.server.stream_send_timeout_s)
 
     def _finisher(self, gen: Generation, slot: Slot, request_id: str, adapter: str, started_at: float,

@@ -1,12 +1,16 @@
 """Prometheus metrics of the serving path, all under the `distillery_` namespace.
 
-They live in the gateway process, which sees every request, and are exposed at GET /metrics. A private
-CollectorRegistry keeps Ray's and vLLM's own process metrics out of Distillery's namespace.
+They live in the gateway process, which sees every request, and are exposed at GET /metrics. Private registries
+keep Ray's and vLLM's own process metrics out of Distillery's namespace: `registry` holds this replica's own series
+(its requests, tokens, latencies: summed over replicas, see replica_metrics.py), `shared` what every gateway replica
+reads alike from the store (the promoted version, the student replicas' readiness).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from services.store.replicas import ReplicaState
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
@@ -50,8 +54,15 @@ class ServingMetrics:
             "distillery_completion_tokens_per_query", "Completion tokens of one request, by adapter version.",
             ["adapter"], buckets=TOKEN_BUCKETS, registry=r,
         )
+        shared = self.shared = CollectorRegistry()
         self.promoted = Info(
-            "distillery_promoted_adapter", "The adapter version `student` currently resolves to.", registry=r
+            "distillery_promoted_adapter", "The adapter version `student` currently resolves to.", registry=shared
+        )
+        self.replica_ready = Gauge(
+            "distillery_student_replica_ready", "1 for a student replica serving the promoted version, 0 for one "
+            "that cannot (it refuses `student`), by replica, node and what its `student` serves; read from the "
+            "replica board, so every gateway replica reports all student replicas alike.",
+            ["replica", "node", "serving"], registry=shared,
         )
         self.adapter_load = Histogram(
             "distillery_adapter_load_seconds", "Time to load an adapter version into the engine.",
@@ -77,5 +88,11 @@ class ServingMetrics:
     def set_promoted(self, name: str) -> None:
         self.promoted.info({"version": name})
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def set_replicas(self, states: list[ReplicaState]) -> None:
+        self.replica_ready.clear()  # replicas that left take their series with them
+        for st in states:
+            self.replica_ready.labels(st.replica_id, st.node_id, st.serving).set(1 if st.ready else 0)
+
+    def render(self, shared_only: bool = False) -> bytes:
+        """The exposition: this replica's series and the shared ones, or only the shared ones."""
+        return generate_latest(self.shared) + (b"" if shared_only else generate_latest(self.registry))

@@ -39,6 +39,16 @@ def generated(model: str) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"schema": ref}, "text/event-stream": {"schema": event}}}}
 
 
+def _errors_as_json(schema: dict[str, Any]) -> None:
+    """Errors are JSON (OpenAI's shape) on every route; FastAPI files them under a route's own media type (text/plain
+    for /metrics)."""
+    for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+        for code, response in operation.get("responses", {}).items():
+            content = response.get("content", {})
+            if not str(code).startswith("2") and content and "application/json" not in content:
+                response["content"] = {"application/json": next(iter(content.values()))}
+
+
 def install_openapi(app: FastAPI) -> None:
     """The app's `openapi()`, with vLLM's models among its component schemas."""
     build = app.openapi
@@ -49,6 +59,7 @@ def install_openapi(app: FastAPI) -> None:
             modes = [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in _MODELS]
             _, defs = models_json_schema(modes, ref_template=_SCHEMAS)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            _errors_as_json(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,7 +1,10 @@
 """Adapter operations behind /v1/load_lora_adapter, /v1/unload_lora_adapter and /admin/adapters/*.
 
 Order matters for safety: a version is validated and loaded into the engine *before* the registry records
-it as promoted, so a corrupt adapter is refused with a 4xx while the serving version stays.
+it as promoted, so a corrupt adapter is refused with a 4xx while the serving version stays. Every other student
+replica follows the registry within `student.registry_poll_s`; a promotion or rollback then waits (at most
+`student.promotion_wait_s`) until every live replica reports the new version on the replica board, and names in
+its answer those that did not (they are unready: they refuse `student` rather than serve another version).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from services.gateway.metrics import ServingMetrics
 from services.gateway.protocol import LoadLoRARequest, UnloadLoRARequest
 from services.gateway.student_client import StudentClient
 from services.registry import AdapterInvalid, AdapterRegistry, AdapterTampered, RegistryError
+from services.store.replicas import ReplicaBoard
 from services.student.events import Failed, LoadResult
 
 
@@ -35,10 +39,12 @@ def _local_path(path: str) -> Path | ApiError:
 
 
 class AdapterService:
-    def __init__(self, registry: AdapterRegistry, student: StudentClient, metrics: ServingMetrics) -> None:
+    def __init__(self, registry: AdapterRegistry, student: StudentClient, metrics: ServingMetrics,
+                 replicas: ReplicaBoard | None = None, wait_s: float = 30.0, stale_s: float = 10.0) -> None:
         self.registry = registry
         self.student = student
         self.metrics = metrics
+        self.replicas, self.wait_s, self.stale_s = replicas, wait_s, stale_s
         self._lock = asyncio.Lock()  # one promotion/rollback at a time in this gateway
 
     async def list(self) -> dict[str, Any]:
@@ -139,4 +145,19 @@ class AdapterService:
         self.metrics.adapter_swap.labels(action).observe(seconds)
         self.metrics.adapter_events.labels(action, "ok").inc()
         self.metrics.set_promoted(synced.version)
-        return {"promoted": synced.version, "action": action, "swap_seconds": round(seconds, 4)}
+        out: dict[str, Any] = {"promoted": synced.version, "action": action, "swap_seconds": round(seconds, 4)}
+        if self.replicas is not None:
+            out["replicas"] = await self._confirmed(synced.version)
+            out["confirm_seconds"] = round(time.monotonic() - t0, 4)
+        return out
+
+    async def _confirmed(self, version: str) -> dict[str, list[str]]:
+        """Wait until every live student replica reports serving `version` (at most `wait_s`): which did, which
+        did not."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            live = await asyncio.to_thread(self.replicas.live, self.stale_s)  # type: ignore[union-attr]
+            pending = [r.replica_id for r in live if r.serving != version or not r.ready]
+            if not pending or time.monotonic() >= deadline:
+                return {"confirmed": [r.replica_id for r in live if r.replica_id not in pending], "pending": pending}
+            await asyncio.sleep(0.25)

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from services.config import Settings
+from services.config import Settings, without_settings_env, write_settings_file
 from services.store.controls import Controls
 from services.store.debates import utcnow
 from services.store.jobs import Job, JobOutcome, JobRunning, JobStatus, JobStore
@@ -57,6 +57,10 @@ class TrainingScheduler:
     def log_path(self, job_id: int) -> Path:
         return self.settings.jobs_dir / f"job-{job_id}" / "job.log"
 
+    def settings_path(self, job_id: int) -> Path:
+        """The service's settings for cycle `job_id` (secrets included, 0600; removed once the cycle ended)."""
+        return self.settings.jobs_dir / f"job-{job_id}" / "settings.yaml"
+
     def due(self) -> str | None:
         """Why a cycle should start now, or None."""
         if self.jobs.running() is not None:
@@ -75,10 +79,11 @@ class TrainingScheduler:
     def trigger(self, trigger: str) -> Job:
         """Start a cycle now (JobRunning if one runs)."""
         job_id = self.jobs.start(trigger)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.ray_address:
-            env["RAY_ADDRESS"] = self.ray_address
         try:
+            config = write_settings_file(self.settings, self.settings_path(job_id))
+            env = {**without_settings_env(dict(os.environ)), "DISTILLERY_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+            if self.ray_address:
+                env["RAY_ADDRESS"] = self.ray_address
             proc = self.launcher(job_id, self.url, self.log_path(job_id), env)
         except Exception as e:
             self.jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED,
@@ -114,6 +119,7 @@ class TrainingScheduler:
             if code is None:
                 continue
             del self.procs[job_id]
+            self.settings_path(job_id).unlink(missing_ok=True)
             # A cycle records its own outcome; if the row is still open, the process died without doing so.
             self.jobs.finish(job_id, status=JobStatus.FAILED, outcome=JobOutcome.FAILED,
                              error=f"job process exited with {_describe(code)}; log: {self.log_path(job_id)}")
@@ -122,6 +128,7 @@ class TrainingScheduler:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            self.settings_path(job_id).unlink(missing_ok=True)
             log.error("training job %d recorded as failed (dead, stalled or overdue): it lost its lease, so it "
                       "can no longer publish or promote", job_id)
         paused = self.controls is not None and self.controls.paused()

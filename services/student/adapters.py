@@ -147,6 +147,8 @@ class StudentAdapters:
         self._merge_target: str | None = None  # what the pending merge task waits to merge
         self._merging = asyncio.Lock()  # one merge at a time, from its drain to its end
         self.broken: str | None = None  # set when a failed merge left the weights unknown (health checks fail)
+        self.wanted: str | None = None  # what the registry promoted when this replica last looked (None: the base)
+        self.unready: str | None = None  # why this replica cannot serve `wanted` (it then refuses `student`)
 
     def attach(self, openai_models: Any) -> None:
         """Register every loaded version with vLLM's `OpenAIServingModels`, and each one loaded from now on."""
@@ -260,6 +262,7 @@ class StudentAdapters:
         """Point `student` at the registry's promoted version, loading it first (the hot swap); its merge follows
         once it has stayed promoted for `student.merge_after_s`."""
         version = await asyncio.to_thread(self.registry.promoted)
+        self.wanted = version.name if version is not None else None
         if version is None:
             self.slots.promoted = self.promoted_version = None
             self._schedule_merge(None)
@@ -280,16 +283,22 @@ class StudentAdapters:
             self._schedule_merge(version.name)
         return result
 
-    async def watch_registry(self, interval: float) -> None:
-        """Follow promotions made elsewhere (another gateway replica, a training job)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                result = await self.sync()
-                if isinstance(result, Failed):
-                    log.error("cannot follow the promoted adapter: %s", result.message)
-            except Exception:
-                log.exception("registry poll failed; serving continues with the current adapter")
+    async def follow(self) -> None:
+        """Follow the registry's promotion once (promotions made by another gateway replica or a training job).
+        A version this replica cannot load makes it unready: it refuses `student` until a later poll loads it or the
+        registry moves on, rather than serve another version. A registry it cannot read changes nothing."""
+        try:
+            result = await self.sync()
+        except Exception:
+            log.exception("registry poll failed; serving continues with the current adapter")
+            return
+        if isinstance(result, Failed):
+            log.error("cannot serve the promoted adapter %s: %s", self.wanted, result.message)
+        self.unready = result.message if isinstance(result, Failed) else None
+
+    def ready(self) -> bool:
+        """Whether `student` here serves what the registry promotes (as of the last look)."""
+        return self.unready is None and self.broken is None and self.wanted == self.promoted_version
 
     # ---- the promoted version merged into the weights -------------------------------------------------
     def _schedule_merge(self, name: str | None) -> None:
@@ -409,6 +418,9 @@ class StudentAdapters:
         return sorted(out, key=lambda a: a["name"])
 
     async def _resolve(self, model: str) -> Resolved | Failed:
+        if model == self.settings.student.served_name and self.unready is not None:
+            return Failed(503, f"this replica cannot serve the promoted {self.wanted}: {self.unready}", "model",
+                          "replica_unready")
         if model == self.settings.student.served_name:
             if self.slots.promoted is None or self.promoted_version is None:
                 target = _Target(0, self.base_id)
@@ -420,7 +432,7 @@ class StudentAdapters:
             try:
                 version = await asyncio.to_thread(self.registry.get, model)
             except RegistryError:
-                return Failed(404, f"The model `{model}` does not exist.", "model", "model_not_found")
+                return Failed.model_not_found(model)
             target = _Target(version.number, version.name)
         if self._is_weights(target):  # no merge can start while a request resolves: the answer holds
             return Resolved(target.name, None)

@@ -26,6 +26,7 @@ class Started:
     """First event of every successful generation: which version serves it, fixed for its whole life."""
 
     adapter: str  # `student@vN`, or the base model id
+    replica: str = ""  # the student replica serving it (Ray Serve's replica id)
 
 
 @dataclass
@@ -45,6 +46,11 @@ class Failed:
     message: str
     param: str | None = None
     code: str | None = None
+
+    @classmethod
+    def model_not_found(cls, model: str) -> Failed:
+        """A request named a model that is neither the student, its base nor a published version."""
+        return cls(404, f"The model `{model}` does not exist.", "model", "model_not_found")
 
 
 Event = Started | Delta | Failed
@@ -75,6 +81,7 @@ class Body:
     json: dict[str, Any]
     adapter: str
     finished: Finished
+    replica: str = ""
 
 
 StudentEvent = Started | Body | Chunks | Finished | Failed

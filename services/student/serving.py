@@ -37,8 +37,9 @@ _PARAMS = {
 
 
 class StudentOpenAI:
-    def __init__(self, settings: Settings, engine: StudentEngine, state: Any) -> None:
+    def __init__(self, settings: Settings, engine: StudentEngine, state: Any, replica: str = "") -> None:
         self.settings = settings
+        self.replica = replica  # named in every answer, so clients and tests see which replica served them
         self.engine = engine
         self.adapters = engine.adapters
         self.chat_serving = state.openai_serving_chat
@@ -46,7 +47,7 @@ class StudentOpenAI:
         self.batch_s = settings.student.stream_batch_ms / 1000
 
     @classmethod
-    async def start(cls, settings: Settings, engine: StudentEngine) -> StudentOpenAI:
+    async def start(cls, settings: Settings, engine: StudentEngine, replica: str = "") -> StudentOpenAI:
         """vLLM's serving classes over the started engine, exactly as `vllm serve` makes them."""
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -55,7 +56,7 @@ class StudentOpenAI:
         tasks = await engine.engine.get_supported_tasks()
         await init_app_state(TappedEngine(engine.engine), state, engine.args, supported_tasks=tasks)
         engine.adapters.attach(state.openai_serving_models)
-        return cls(settings, engine, state)
+        return cls(settings, engine, state, replica)
 
     def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
         """`request` (vLLM's request model of `endpoint`, with its engine request id set) served by vLLM."""
@@ -86,9 +87,9 @@ class StudentOpenAI:
                 if not hasattr(result, "__aiter__"):  # the whole response: one message through Ray
                     body = result.model_dump()
                     body["model"] = asked
-                    yield Body(body, resolved.adapter, tally.finished())
+                    yield Body(body, resolved.adapter, tally.finished(), self.replica)
                     return
-                yield Started(resolved.adapter)
+                yield Started(resolved.adapter, self.replica)
                 usage = bool(request.stream_options and request.stream_options.include_usage)
                 # Closed here, before the pin is released, however the stream ends: that aborts vLLM's request.
                 async with aclosing(_batched(result, self.batch_s)) as batches:

@@ -14,7 +14,7 @@ from services.config import Settings
 from tests.gateway_app import Gateway, serve_gateway
 
 CLIENT, ADMIN, LABELLER = "sk-client-auth-unit", "sk-admin-auth-unit", "sk-labeller-auth-unit"
-OPEN = {"/health", "/ready", "/metrics", "/openapi.json"}
+OPEN = {"/health", "/ready", "/metrics", "/metrics/targets", "/openapi.json"}  # probes and Prometheus
 
 
 def admin_route(path: str) -> bool:

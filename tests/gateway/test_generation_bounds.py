@@ -65,7 +65,7 @@ class TokenStudent:
         self.engine = engine
         return self
 
-    async def serve(self, endpoint: str, request: Any) -> AsyncIterator[StudentEvent]:
+    async def serve(self, endpoint: str, request: Any, version: str | None = None) -> AsyncIterator[StudentEvent]:
         assert self.engine is not None
         asked = request.model or self.engine.settings.student.served_name
         async with self.engine.adapters.pinned(asked) as resolved:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,34 @@ def test_a_due_cycle_waits_for_the_service_to_be_ready(parts) -> None:
     ready = True
     sched.poll()
     assert [j.trigger for j in jobs.list(10)] == ["schedule"]
+
+
+def test_a_cycle_runs_with_the_services_settings_not_the_nodes_environment(parts, monkeypatch) -> None:
+    """On a joined cluster the scheduler's process has its raylet's environment, not the service's: the cycle gets
+    the service's own settings (secrets too) in a file only its owner reads, removed once the cycle ended."""
+    service, jobs, mags = parts
+    db_path = service.data_dir / "d.db"
+    settings = Settings(data_dir=service.data_dir, database_url=f"sqlite:///{db_path}",
+                        server={"admin_key": "sk-admin-1"}, training={"num_workers": 2, "sft": {"max_steps": 3}})
+    monkeypatch.setenv("DISTILLERY_DATABASE_URL", "sqlite:////nowhere/else.db")  # the node's stale view
+    monkeypatch.setenv("DISTILLERY_TRAINING__NUM_WORKERS", "7")
+    monkeypatch.setenv("DISTILLERY_CYCLE_PAUSE_FILE", "/tmp/kept")  # not a setting: passed on
+    code = ("import json, os; from services.config import Settings; s = Settings(); "
+            "print(json.dumps([s.database_url, s.training.num_workers, s.training.sft.max_steps, "
+            "s.server.admin_key.get_secret_value(), os.environ.get('DISTILLERY_CYCLE_PAUSE_FILE')]))")
+    out: dict[str, Path] = {}
+
+    def launch(job_id: int, url: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        out["log"] = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as f:
+            return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=f, start_new_session=True)
+
+    sched = TrainingScheduler(settings, jobs, mags, url="http://x", ready=lambda: True, launcher=launch)
+    job = sched.trigger("api")
+    config = sched.settings_path(job.id)
+    assert config.is_file() and config.stat().st_mode & 0o777 == 0o600
+    assert sched.procs[job.id].wait(timeout=60) == 0
+    assert json.loads(out["log"].read_text()) == [f"sqlite:///{db_path}", 2, 3, "sk-admin-1", "/tmp/kept"]
+    sched.poll()
+    assert not config.exists()

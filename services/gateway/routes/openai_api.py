@@ -24,6 +24,7 @@ from services.store.debates import ANONYMOUS_KEY_ID
 from services.tasks.routing import TaskRouter
 
 ADAPTER_HEADER = "x-distillery-adapter"
+REPLICA_HEADER = "x-distillery-replica"  # the student replica that served the request
 
 
 def respond(result: Served | ApiError | dict[str, Any]) -> Response:
@@ -32,6 +33,8 @@ def respond(result: Served | ApiError | dict[str, Any]) -> Response:
     if isinstance(result, dict):
         return JSONResponse(result)
     headers = {ADAPTER_HEADER: result.adapter}
+    if result.replica:
+        headers[REPLICA_HEADER] = result.replica
     if result.stream is not None:
         return GenerationStream(result, {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return JSONResponse(result.body, headers=headers)

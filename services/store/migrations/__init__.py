@@ -30,7 +30,8 @@ def target_metadata() -> MetaData:
     import services.store.adapters
     import services.store.controls
     import services.store.debates
-    import services.store.jobs  # noqa: F401
+    import services.store.jobs
+    import services.store.replicas  # noqa: F401
     from services.store.db import Base
 
     return Base.metadata
