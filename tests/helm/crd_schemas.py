@@ -2,7 +2,8 @@
 
 kubernetes-validate carries the Kubernetes OpenAPI schemas but no CRDs. These are transcribed from the fields'
 Go types (KubeRay v1.6 `ray-operator/apis/ray/v1/{rayservice,rayjob,raycronjob,raycluster}_types.go`, Prometheus
-Operator `monitoring.coreos.com/v1` PodMonitor/ServiceMonitor/PrometheusRule), restricted to the fields those
+Operator `monitoring.coreos.com/v1` PodMonitor/ServiceMonitor/PrometheusRule and `v1alpha1` ScrapeConfig,
+`pkg/apis/monitoring/v1alpha1/scrapeconfig_types.go`), restricted to the fields those
 types define at the levels the chart writes, with unknown fields rejected. Pod templates inside them are checked
 separately, against Kubernetes' own Pod schema (tests/helm/test_chart.py)."""
 
@@ -42,8 +43,13 @@ RAY_JOB_SPEC = obj({"entrypoint": STR, "runtimeEnvYAML": STR, "jobId": STR, "met
                    ("entrypoint",))
 RELABEL = {"type": "array", "items": obj({"targetLabel": STR, "replacement": STR, "sourceLabels":
                                           {"type": "array", "items": STR}, "action": STR, "regex": STR})}
-ENDPOINT = obj({"port": STR, "path": STR, "interval": STR, "scrapeTimeout": STR, "relabelings": RELABEL,
-                "metricRelabelings": RELABEL, "scheme": STR, "honorLabels": BOOL}, ("port",))
+PARAMS = {"type": "object", "additionalProperties": {"type": "array", "items": STR}}
+ENDPOINT = obj({"port": STR, "path": STR, "params": PARAMS, "interval": STR, "scrapeTimeout": STR,
+                "relabelings": RELABEL, "metricRelabelings": RELABEL, "scheme": STR, "honorLabels": BOOL}, ("port",))
+HTTP_SD = obj({"url": {"type": "string", "pattern": "^http(s)?://.+$"}, "refreshInterval": STR,
+               "authorization": ANY_OBJ, "basicAuth": ANY_OBJ, "tlsConfig": ANY_OBJ, "followRedirects": BOOL,
+               "enableHTTP2": BOOL}, ("url",))
+STATIC = obj({"targets": {"type": "array", "minItems": 1, "items": STR}, "labels": STR_MAP}, ("targets",))
 SELECTOR = obj({"matchLabels": STR_MAP, "matchExpressions": {"type": "array"}})
 RULE = obj({"record": STR, "alert": STR, "expr": STR, "for": STR, "labels": STR_MAP, "annotations": STR_MAP},
            ("expr",))
@@ -60,6 +66,11 @@ SPECS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): obj({"selector": SELECTOR, "endpoints": {
         "type": "array", "minItems": 1, "items": ENDPOINT}, "namespaceSelector": ANY_OBJ, "jobLabel": STR},
         ("selector", "endpoints")),
+    ("monitoring.coreos.com/v1alpha1", "ScrapeConfig"): obj({
+        "jobName": STR, "staticConfigs": {"type": "array", "items": STATIC},
+        "httpSDConfigs": {"type": "array", "items": HTTP_SD}, "relabelings": RELABEL, "metricRelabelings": RELABEL,
+        "metricsPath": STR, "scrapeInterval": STR, "scrapeTimeout": STR, "honorLabels": BOOL, "params": PARAMS,
+        "scheme": {"enum": ["HTTP", "HTTPS"]}}),
     ("monitoring.coreos.com/v1", "PrometheusRule"): obj({"groups": {"type": "array", "minItems": 1, "items": obj({
         "name": STR, "interval": STR, "rules": {"type": "array", "minItems": 1, "items": RULE}}, ("name", "rules"))}},
         ("groups",)),

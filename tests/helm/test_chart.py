@@ -104,6 +104,7 @@ def test_the_expected_objects_exist(rendered) -> None:
     assert ("RayCronJob" in kinds) == (name in {"gpu", "cron-on-cpu-with-servicemonitor"})
     assert ("ServiceMonitor" in kinds) == (name == "cron-on-cpu-with-servicemonitor")
     assert ("PodMonitor" in kinds) == (name != "cron-on-cpu-with-servicemonitor")
+    assert ("ScrapeConfig" in kinds) == (name == "gpu")  # the one variant with several gateway replicas
 
 
 def test_distillery_config_is_accepted_by_the_typed_config(rendered) -> None:
@@ -127,9 +128,10 @@ def test_serve_config_is_valid_and_its_applications_import(rendered) -> None:
 
 
 def test_every_pod_reads_the_same_config_and_shared_volume(rendered) -> None:
-    _, docs = rendered
+    name, docs = rendered
     templates = [t for d in docs for t in pod_templates(d)]
-    assert len(templates) >= 2
+    # The SQLite trial is one Ray pod; otherwise a head and a worker, and the training cluster's two with the cron job.
+    assert len(templates) == {"default": 1, "s3-adapters": 1}.get(name, 4)
     claims = {v["persistentVolumeClaim"]["claimName"] for t in templates for v in t["spec"]["volumes"]
               if "persistentVolumeClaim" in v}
     assert claims == {"prod-distillery-data"}  # adapters published by any job are readable by every replica
@@ -228,3 +230,105 @@ def test_pod_annotations_reach_every_ray_pod() -> None:
     templates = [t for d in docs for t in pod_templates(d)]
     assert len(templates) == 4 and all(t["metadata"]["annotations"]["secrets-rotated"] == "1700000000"
                                        for t in templates)
+
+
+# ---- replicas (docs/scaling.md) ---------------------------------------------------------------------------------
+def test_replica_values_reach_the_config_as_ray_serve_options() -> None:
+    serve = {"proxyLocation": "EveryNode",
+             "gateway": {"replicas": 1, "minReplicas": 2, "maxReplicas": 6, "targetOngoingRequests": 16},
+             "student": {"replicas": 3, "maxPerNode": 1},
+             "debate": {"replicas": 2}}
+    settings = Settings(**config_of(render({**PRODUCTION, "serve": serve})))
+    assert settings.server.replicas.serve_options() == {"autoscaling_config": {
+        "min_replicas": 2, "max_replicas": 6, "initial_replicas": 2, "target_ongoing_requests": 16}}
+    assert settings.student.replicas.serve_options() == {"num_replicas": 3, "max_replicas_per_node": 1}
+    assert settings.debate.replicas.serve_options() == {"num_replicas": 2}
+    assert settings.server.proxy_location == "EveryNode"
+    (svc,) = by_kind(render({**PRODUCTION, "serve": serve}), "RayService")
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"])["proxy_location"] == "EveryNode"
+    # The defaults: one of each, no autoscaling, the head's proxy.
+    defaults = Settings(**config_of(render(TRIAL)))
+    for replicas in (defaults.server.replicas, defaults.student.replicas, defaults.debate.replicas):
+        assert replicas.serve_options() == {"num_replicas": 1}
+    assert defaults.server.proxy_location == "HeadOnly"
+    # The GPU file: two students, one per GPU worker; two gateways.
+    gpu = Settings(**config_of(render(GPU)))
+    assert gpu.student.replicas.serve_options() == {"num_replicas": 2, "max_replicas_per_node": 1}
+    assert gpu.server.replicas.serve_options()["num_replicas"] == 2
+
+
+def test_equal_bounds_are_a_fixed_count_and_the_chart_owns_the_replica_keys() -> None:
+    values = {**PRODUCTION, "serve": {"student": {"replicas": 2, "minReplicas": 3, "maxReplicas": 3}},
+              "config": {"student": {"replicas": {"num": 9}}}}
+    assert config_of(render(values))["student"]["replicas"] == {"num": 2}
+
+
+def test_the_volume_is_declared_shared_unless_adapters_go_to_s3() -> None:
+    on_volume = Settings(**config_of(render(TRIAL)))
+    assert on_volume.storage.shared_volume is True and on_volume.storage.adapters_url is None
+    on_s3 = config_of(render(VARIANTS["s3-adapters"]))["storage"]
+    assert "shared_volume" not in on_s3 and Settings(storage=on_s3).storage.shared_volume is False
+    # The chart's keys are laid over the user's storage settings, not instead of them.
+    kept = config_of(render({**TRIAL, "config": {"storage": {"max_adapter_bytes": 1024**3}}}))["storage"]
+    assert kept == {"max_adapter_bytes": 1024**3, "shared_volume": True}
+
+
+@pytest.mark.parametrize("gateway, replicated", [
+    ({"replicas": 1}, False),
+    ({"replicas": 3}, True),
+    ({"replicas": 1, "minReplicas": 1, "maxReplicas": 4}, True),  # autoscaling up to 4
+    ({"replicas": 1, "minReplicas": 0, "maxReplicas": 1}, False),  # autoscaling, never more than one
+])
+def test_several_gateway_replicas_are_scraped_one_by_one(gateway: dict[str, Any], replicated: bool) -> None:
+    docs = render({**PRODUCTION, "serve": {"gateway": gateway}})
+    (monitor,) = by_kind(docs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    scrape = by_kind(docs, "ScrapeConfig")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    metrics_rules = [r for r in policy["spec"]["ingress"] if any(p.get("endPort") for p in r.get("ports", []))]
+    if not replicated:  # one gateway: everything at the head's /metrics, as before
+        assert "params" not in endpoint and scrape == [] and metrics_rules == []
+        return
+    assert endpoint["params"] == {"part": ["shared"]}  # the series every replica reports alike, once
+    (sc,) = scrape
+    jsonschema.validate(sc, schema_for(sc["apiVersion"], sc["kind"]))
+    assert sc["spec"]["httpSDConfigs"] == [{"url": "http://prod-distillery-serve-svc.ml.svc:8000/metrics/targets",
+                                            "refreshInterval": "30s"}]
+    assert sc["spec"]["relabelings"] == [{"targetLabel": "job", "replacement": "distillery-replicas"}]
+    # The replicas' own ports (the kernel picks them) open to Prometheus' pods alone.
+    (rule,) = metrics_rules
+    assert rule["ports"] == [{"protocol": "TCP", "port": 32768, "endPort": 60999}]
+    assert rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "prometheus"}}}]
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+
+
+def test_the_service_monitor_reads_the_shared_part_too() -> None:
+    docs = render({**PRODUCTION, "serve": {"gateway": {"replicas": 2}},
+                   "monitoring": {"podMonitor": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["params"] == {"part": ["shared"]}
+    assert len(by_kind(docs, "ScrapeConfig")) == 1
+    docs = render({**PRODUCTION, "serve": {"gateway": {"replicas": 2}}, "monitoring": {"scrapeConfig": {
+        "enabled": False}}})
+    assert by_kind(docs, "ScrapeConfig") == []
+
+
+@pytest.mark.parametrize("values, why", [
+    ({"serve": {"student": {"replicas": 1, "minReplicas": 3, "maxReplicas": 2}}}, "serve.student.minReplicas=3"),
+    ({"serve": {"gateway": {"replicas": 1, "minReplicas": 2, "maxReplicas": 1}}}, "serve.gateway.minReplicas=2"),
+    # GPU workers: at most 4 pods x 1 GPU; 5 students never fit.
+    ({"serve": {"student": {"replicas": 5}}}, "at least 5 student replicas"),
+    ({"serve": {"student": {"replicas": 1, "minReplicas": 5, "maxReplicas": 8}}}, "at least 5 student replicas"),
+])
+def test_replica_counts_that_cannot_run_refuse_to_render(values: dict[str, Any], why: str) -> None:
+    with pytest.raises(HelmError) as e:
+        render(_over(GPU, values))
+    assert why in str(e.value)
+
+
+def _over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _over(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

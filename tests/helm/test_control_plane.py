@@ -1,19 +1,22 @@
 """The chart's control plane and its secure defaults, checked on the real chart rendered by Helm's engine: Ray
 token auth on every Ray container, the dashboard off 0.0.0.0, only the serving port in the Serve Service, a
-NetworkPolicy that keeps Ray's ports inside the release, and renders refused when the service would be open or
-SQLite would be opened from several pods."""
+NetworkPolicy that keeps Ray's ports inside the release, renders refused when the service would be open or
+SQLite would be opened from several pods, and the SQLite trial on the one Ray node the service accepts it on."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 from helm_python.errors import HelmError
 
+from services.cluster import StateNotShared, check_shared_state
 from services.config import Settings
 from services.gateway.exposure import check_exposure
 from tests.helm.chart import TRIAL, by_kind, config_of, pod_templates, render
+from tests.helm.crd_schemas import schema_for
 
 K8S_VERSION = "1.30.0"
 SECRET = "distillery-auth"
@@ -171,13 +174,77 @@ def test_a_user_config_cannot_turn_anonymous_access_on_behind_the_charts_back() 
     {**TRIAL, "ray": {"worker": {"replicas": 1, "minReplicas": 1, "maxReplicas": 3, "gpus": 0,
                                  "resources": {}}}},
     {**TRIAL, "training": {"trigger": "rayCronJob"}},  # the training cluster's pods and the serving pods
-], ids=["no-database", "sqlite-2-workers", "sqlite-autoscaling", "sqlite-with-raycronjob"])
+    {**TRIAL, "serve": {"student": {"replicas": 2}}},  # a scale-out over worker pods the trial does not have
+    {**TRIAL, "serve": {"student": {"replicas": 1, "minReplicas": 1, "maxReplicas": 2}}},
+], ids=["no-database", "sqlite-2-workers", "sqlite-autoscaling", "sqlite-with-raycronjob", "sqlite-2-students",
+        "sqlite-autoscaled-students"])
 def test_sqlite_opened_from_several_pods_refuses_to_render(values: dict[str, Any]) -> None:
     message = refusal(values)
     assert "database.existingSecret" in message and "Postgres" in message
 
 
-def test_postgres_or_the_single_worker_trial_render() -> None:
+def test_a_trial_refusal_names_every_reason() -> None:
+    message = refusal({**TRIAL, "serve": {"student": {"replicas": 3}}, "training": {"trigger": "rayCronJob"}})
+    assert "one Ray pod" in message and "serve.student may run 3 replicas" in message
+    assert "training.trigger=rayCronJob" in message and "ray.worker.replicas" not in message
+
+
+def _ray_nodes(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    (svc,) = by_kind(docs, "RayService")
+    jsonschema.validate(svc, schema_for(svc["apiVersion"], svc["kind"]))
+    cluster = svc["spec"]["rayClusterConfig"]
+    return cluster["headGroupSpec"], cluster.get("workerGroupSpecs", [])
+
+
+def test_the_sqlite_trial_is_one_ray_node_carrying_the_worker_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service refuses SQLite on more than one Ray node (services/cluster.py): the trial has no worker group.
+    monkeypatch.delenv("DISTILLERY_DATABASE_URL", raising=False)  # the pods' environment: no Postgres URL
+    worker = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1, "gpus": 1,
+              "resources": {"requests": {"cpu": "6", "memory": "20Gi"}, "limits": {"cpu": "12", "memory": "40Gi"}},
+              "nodeSelector": {"nvidia.com/gpu.present": "true"},
+              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    for values, gpus in ((TRIAL, 0), ({**TRIAL, "image": {"flavor": "gpu"}, "ray": {"worker": worker}}, 1)):
+        docs = render(values)
+        head, workers = _ray_nodes(docs)
+        assert workers == []
+        assert [t["metadata"]["labels"]["distillery.io/ray-node"] for d in docs for t in pod_templates(d)] == ["head"]
+        # Like the worker, the head leaves its CPUs and GPUs to KubeRay (from the container's limits): not 0 CPUs.
+        assert head["rayStartParams"] == {"dashboard-host": "$(POD_IP)"}
+        spec = head["template"]["spec"]
+        (c,) = spec["containers"]
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec},
+                                     K8S_VERSION, strict=True)
+        expected = values.get("ray", {}).get("worker", {}).get("resources") or {
+            "requests": {"cpu": "4", "memory": "24Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}}
+        assert c["resources"]["requests"] == expected["requests"]
+        assert c["resources"]["limits"] == ({**expected["limits"], "nvidia.com/gpu": 1} if gpus else expected["limits"])
+        assert c["name"] == "ray-head" and {p["containerPort"] for p in c["ports"]} >= {6379, 8265, 8000}
+        if gpus:  # placed where the worker would have been
+            assert spec["nodeSelector"] == worker["nodeSelector"] and spec["tolerations"] == worker["tolerations"]
+        settings = Settings(**config_of(docs))
+        assert settings.student.num_gpus == gpus and settings.training.enabled is True
+        assert settings.training.use_gpu is bool(gpus)
+        assert settings.db_url.startswith("sqlite")  # no DISTILLERY_DATABASE_URL: the file on the volume
+        check_shared_state(settings, 1)  # the one node the trial has is what the service accepts
+        with pytest.raises(StateNotShared, match="SQLite"):
+            check_shared_state(settings, 2)  # the head + worker layout it had before
+
+
+def test_with_postgres_the_head_and_the_worker_group_stay_apart() -> None:
+    # Postgres (allowSqlite or not): the head advertises 0 CPUs and the `student` worker group does the work.
+    for values in (PRODUCTION, {**PRODUCTION, "database": {"existingSecret": "distillery-postgres",
+                                                           "allowSqlite": True}}):
+        head, workers = _ray_nodes(render(values))
+        assert head["rayStartParams"] == {"num-cpus": "0", "dashboard-host": "$(POD_IP)"}
+        assert head["template"]["spec"]["containers"][0]["resources"] == {
+            "requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}}
+        (worker,) = workers
+        assert (worker["groupName"], worker["replicas"], worker["rayStartParams"]) == ("student", 1, {})
+        assert worker["template"]["spec"]["containers"][0]["resources"] == {
+            "requests": {"cpu": "4", "memory": "24Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}}
+
+
+def test_postgres_or_the_single_pod_trial_render() -> None:
     scaled = {"worker": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4, "gpus": 0, "resources": {}}}
     docs = render({**CRON, "ray": scaled})
     assert Settings(**config_of(docs))  # Postgres: any number of pods, the cron job too

@@ -54,6 +54,47 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-data" (include "distillery.fullname" .)) .Values.storage.persistence.existingClaim -}}
 {{- end -}}
 
+{{/*
+"true" for the SQLite trial (database.allowSqlite without database.existingSecret): one Ray node, the head, which
+takes the worker's resources, GPUs, placement and rayStartParams and runs everything (the service refuses to start
+on several Ray nodes with SQLite, services/cluster.py). Empty otherwise: a head plus the `student` worker group.
+*/}}
+{{- define "distillery.singleNode" -}}
+{{- if and .Values.database.allowSqlite (not .Values.database.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+A deployment's `replicas` setting (services/config.py Replicas) from its `serve.*` values: a fixed count of
+`replicas`, or Ray Serve autoscaling between `minReplicas` and `maxReplicas` when the latter is above the former.
+*/}}
+{{- define "distillery.serveReplicas" -}}
+{{- $r := dict -}}
+{{- if gt (int .maxReplicas) (int .minReplicas) -}}
+{{- $_ := set $r "min" (int .minReplicas) -}}
+{{- $_ := set $r "max" (int .maxReplicas) -}}
+{{- if .targetOngoingRequests }}{{ $_ := set $r "target_ongoing_requests" .targetOngoingRequests }}{{ end -}}
+{{- else -}}
+{{- $_ := set $r "num" (int .replicas) -}}
+{{- end -}}
+{{- if .maxPerNode }}{{ $_ := set $r "max_per_node" (int .maxPerNode) }}{{ end -}}
+{{- toYaml $r -}}
+{{- end -}}
+
+{{/* The most replicas a `serve.*` entry may run (its fixed count, or its autoscaling maximum). */}}
+{{- define "distillery.serveReplicasMost" -}}
+{{- if gt (int .maxReplicas) (int .minReplicas) -}}{{ int .maxReplicas }}{{- else -}}{{ int .replicas }}{{- end -}}
+{{- end -}}
+
+{{/* The fewest replicas a `serve.*` entry runs (its fixed count, or its autoscaling minimum). */}}
+{{- define "distillery.serveReplicasLeast" -}}
+{{- if gt (int .maxReplicas) (int .minReplicas) -}}{{ int .minReplicas }}{{- else -}}{{ int .replicas }}{{- end -}}
+{{- end -}}
+
+{{/* "true" when more than one gateway replica may run: Prometheus then reads each one's own series apart. */}}
+{{- define "distillery.gatewayReplicated" -}}
+{{- if gt (int (include "distillery.serveReplicasMost" .Values.serve.gateway)) 1 -}}true{{- end -}}
+{{- end -}}
+
 {{/* The Distillery config file: the user's `config` with what the chart owns laid over it. */}}
 {{- define "distillery.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
@@ -63,12 +104,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $server "allow_anonymous" .Values.auth.allowAnonymous -}}
 {{- $_ := set $cfg "server" $server -}}
 {{- $_ := set $cfg "data_dir" .Values.storage.mountPath -}}
+{{- /* Ray Serve replicas and proxies (the chart's `serve` values own these keys). */ -}}
+{{- $_ := set $server "replicas" (include "distillery.serveReplicas" .Values.serve.gateway | fromYaml) -}}
+{{- $_ := set $server "proxy_location" .Values.serve.proxyLocation -}}
+{{- $storage := default dict $cfg.storage -}}
 {{- with .Values.storage.s3 }}{{ if .url }}
-{{- $_ := set $cfg "storage" (dict "adapters_url" .url "s3_endpoint_url" (.endpoint | default nil) "s3_region" .region) -}}
+{{- $_ := set $storage "adapters_url" .url -}}
+{{- $_ := set $storage "s3_endpoint_url" (.endpoint | default nil) -}}
+{{- $_ := set $storage "s3_region" .region -}}
 {{- end }}{{ end -}}
+{{- /* Adapters on the volume every Ray pod mounts: the service may span nodes (services/cluster.py). */ -}}
+{{- if not .Values.storage.s3.url -}}
+{{- $_ := set $storage "shared_volume" true -}}
+{{- end -}}
+{{- $_ := set $cfg "storage" $storage -}}
 {{- $student := default dict $cfg.student -}}
 {{- $_ := set $student "num_gpus" (ternary 1 0 (gt (int .Values.ray.worker.gpus) 0)) -}}
+{{- $_ := set $student "replicas" (include "distillery.serveReplicas" .Values.serve.student | fromYaml) -}}
 {{- $_ := set $cfg "student" $student -}}
+{{- $debate := default dict $cfg.debate -}}
+{{- $_ := set $debate "replicas" (include "distillery.serveReplicas" .Values.serve.debate | fromYaml) -}}
+{{- $_ := set $cfg "debate" $debate -}}
 {{- $training := default dict $cfg.training -}}
 {{- $_ := set $training "enabled" (eq .Values.training.trigger "internal") -}}
 {{- $trainGpus := ternary .Values.ray.worker.gpus .Values.training.trainer.gpus (eq .Values.training.trigger "internal") -}}
@@ -84,9 +140,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $entry = merge $entry (deepCopy ($t.options | default dict)) -}}
 {{- $teachers = append $teachers $entry -}}
 {{- end -}}
-{{- $debate := default dict $cfg.debate -}}
-{{- $_ := set $debate "teachers" $teachers -}}
-{{- $_ := set $cfg "debate" $debate -}}
+{{- $_ := set $cfg.debate "teachers" $teachers -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
@@ -210,8 +264,10 @@ spec:
 {{- end -}}
 
 {{/*
-What the chart refuses to render: an open service (no auth Secret), and SQLite opened from several pods (SQLite's
-locks do not hold across pods on a shared network volume). Included by rayservice.yaml.
+What the chart refuses to render: an open service (no auth Secret), SQLite opened from several pods or Ray nodes
+(SQLite's locks do not hold across pods on a shared network volume, and services/cluster.py refuses SQLite on more
+than one Ray node; the trial is one Ray pod), autoscaling bounds upside down, and more GPU student replicas than the
+GPU workers can hold. Included by rayservice.yaml.
 */}}
 {{- define "distillery.validate" -}}
 {{- if not .Values.auth.existingSecret -}}
@@ -219,10 +275,42 @@ locks do not hold across pods on a shared network volume). Included by rayservic
 {{- end -}}
 {{- if not .Values.database.existingSecret -}}
 {{- if not .Values.database.allowSqlite -}}
-{{- fail "database.existingSecret is required: the head and every worker pod open the store, and SQLite on a shared volume corrupts under writers in several pods. Put a Postgres URL (postgresql+psycopg://user:pass@host:5432/db) in a Secret and set database.existingSecret, or, for a single-worker trial only, set database.allowSqlite=true" -}}
+{{- fail "database.existingSecret is required: the head and every worker pod open the store, SQLite on a shared volume corrupts under writers in several pods, and the service refuses to start on several Ray nodes with SQLite. Put a Postgres URL (postgresql+psycopg://user:pass@host:5432/db) in a Secret and set database.existingSecret, or, for a single-pod trial only, set database.allowSqlite=true" -}}
 {{- end -}}
-{{- if or (gt (int .Values.ray.worker.maxReplicas) 1) (gt (int .Values.ray.worker.replicas) 1) (eq .Values.training.trigger "rayCronJob") -}}
-{{- fail "database.allowSqlite only serves a trial with one worker and internal training: with ray.worker.replicas/maxReplicas > 1 or training.trigger=rayCronJob several pods write the store. Set database.existingSecret to a Secret with a Postgres URL" -}}
+{{- /* The trial is one Ray pod (distillery.singleNode): refuse what would need more pods, or a second writer. */ -}}
+{{- $why := list -}}
+{{- $students := int (include "distillery.serveReplicasMost" .Values.serve.student) -}}
+{{- if gt $students 1 -}}
+{{- $why = append $why (printf "serve.student may run %d replicas (replicas/maxReplicas > 1: a scale-out over worker pods)" $students) -}}
+{{- end -}}
+{{- if or (gt (int .Values.ray.worker.replicas) 1) (gt (int .Values.ray.worker.maxReplicas) 1) -}}
+{{- $why = append $why (printf "ray.worker.replicas=%d/maxReplicas=%d ask for several worker pods" (int .Values.ray.worker.replicas) (int .Values.ray.worker.maxReplicas)) -}}
+{{- end -}}
+{{- if eq .Values.training.trigger "rayCronJob" -}}
+{{- $why = append $why "training.trigger=rayCronJob writes the store from a Ray cluster of its own" -}}
+{{- end -}}
+{{- if $why -}}
+{{- fail (printf "database.allowSqlite is a trial on one Ray pod (the head, with ray.worker's resources and GPUs; no worker group) with one student replica and internal training: SQLite is a file the service only opens from one Ray node. Here %s. Set database.existingSecret to a Secret with a Postgres URL" (join "; " $why)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $name := list "gateway" "student" -}}
+{{- $r := index $.Values.serve $name -}}
+{{- if gt (int $r.minReplicas) (int $r.maxReplicas) -}}
+{{- fail (printf "serve.%s.minReplicas=%d exceeds serve.%s.maxReplicas=%d: equal values (the default) run a fixed serve.%s.replicas, maxReplicas above minReplicas autoscales between them" $name (int $r.minReplicas) $name (int $r.maxReplicas) $name) -}}
+{{- end -}}
+{{- end -}}
+{{- /* Each student replica holds one whole GPU (student.num_gpus: 1), and only worker pods have GPUs (in the SQLite
+trial, its one pod: ray.worker.maxReplicas is 1 there): more replicas than the workers' GPUs would wait for a GPU
+forever. */ -}}
+{{- $gpus := int .Values.ray.worker.gpus -}}
+{{- if gt $gpus 0 -}}
+{{- $least := int (include "distillery.serveReplicasLeast" .Values.serve.student) -}}
+{{- $capacity := mul (int .Values.ray.worker.maxReplicas) $gpus -}}
+{{- if .Values.serve.student.maxPerNode -}}
+{{- $capacity = min $capacity (mul (int .Values.ray.worker.maxReplicas) (int .Values.serve.student.maxPerNode)) -}}
+{{- end -}}
+{{- if gt $least $capacity -}}
+{{- fail (printf "serve.student asks for at least %d student replicas, but the GPU workers hold at most %d (ray.worker.maxReplicas=%d x ray.worker.gpus=%d, serve.student.maxPerNode=%d, 0: no limit): each replica needs a GPU of its own. Lower serve.student.replicas/minReplicas or add workers" $least $capacity (int .Values.ray.worker.maxReplicas) $gpus (int .Values.serve.student.maxPerNode)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
