@@ -23,6 +23,7 @@ from services.store.db import Database
 from services.store.mags import MagStore
 from services.tasks.routing import in_holdout
 from tests.conftest import Service, start_service, stop_service
+from tests.e2e.test_training_loop import FAST_TRAINING_ENV
 from tests.http_servers import wait_for
 from tests.ray_jobs.mags import one_step, poisoned_mags
 
@@ -56,6 +57,7 @@ ENV = {
     "DISTILLERY_DEBATE__STUDENT_SAMPLES": "1",
     "DISTILLERY_TRAINING__ENABLED": "false",
     "DISTILLERY_TRAINING__MIN_MAGS": "4",
+    **FAST_TRAINING_ENV,
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
     "DISTILLERY_TRAINING__SFT__MAX_STEPS": "24",
     "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",

@@ -10,7 +10,7 @@ in this process.
 
 What is simulated, and why: the MAGs come from real debates (the engine, three reference teachers over HTTP) whose
 student is a reference agent erring on 70% of its answers, not the served 135M model, and the problems are the
-suite's one-step problems. In the ~20 single-thread CPU steps a test can afford, the student learns those (the
+suite's one-step problems. In the ~20 CPU steps a test can afford, the student learns those (the
 answer format and one operation): +0.25 on the gate's set, 0.48 vs 0.10 on unseen questions. On the full suite the
 gain is a coin flip at this size (0.125 vs 0.100 measured here); with the served student debating its own mistakes
 (24 questions sent as traffic with labels), one run measured no gain (0.200 vs 0.225), which a test cannot assert.
@@ -50,12 +50,17 @@ from tests.ray_jobs.mags import debate_mags, one_step, poisoned_mags
 
 pytestmark = pytest.mark.e2e
 
+# The service is idle while a cycle trains: its worker takes both cores, and short rows need no activation
+# checkpointing (the same gradients, without recomputing the forward pass). Shared with tests/e2e/test_tasks.py.
+FAST_TRAINING_ENV = {"DISTILLERY_TRAINING__TORCH_THREADS": "2", "DISTILLERY_TRAINING__GRADIENT_CHECKPOINTING": "false"}
+
 TRAIN_ENV = {
     "DISTILLERY_CAPTURE__ENABLED": "false",
     "DISTILLERY_TRAINING__ENABLED": "false",
     "DISTILLERY_TRAINING__MIN_MAGS": "4",
     "DISTILLERY_TRAINING__MAX_PROMPT_TOKENS": "512",
     "DISTILLERY_TRAINING__MAX_COMPLETION_TOKENS": "160",
+    **FAST_TRAINING_ENV,
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
     "DISTILLERY_TRAINING__SFT__MAX_STEPS": "24",
     "DISTILLERY_TRAINING__SFT__EPOCHS": "3",
