@@ -62,7 +62,7 @@ TRAIN_ENV = {
     "DISTILLERY_TRAINING__MAX_COMPLETION_TOKENS": "160",
     **FAST_TRAINING_ENV,
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
-    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "24",
+    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "12",
     "DISTILLERY_TRAINING__SFT__EPOCHS": "3",
     "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",
     "DISTILLERY_TRAINING__TDPO__MAX_STEPS": "2",
@@ -74,9 +74,9 @@ JOB_TIMEOUT_S = 900
 
 
 def eval_task(eval_set: Path) -> dict[str, str]:
-    """The one task, measured on the 40-question golden file (one task: no other task's tolerance to protect)."""
+    """The one task, measured on the 20-question golden file (one task: no other task's tolerance to protect)."""
     return {"DISTILLERY_TASKS": json.dumps([{"name": "default", "answer_type": "number", "eval": {
-        "holdout": 0, "golden": str(eval_set), "golden_n": 40, "tolerance": 1.0}}])}
+        "holdout": 0, "golden": str(eval_set), "golden_n": 20, "tolerance": 1.0}}])}
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +86,12 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     db.create_all()
     seeded = debate_mags(MagStore(db), 24, simple=True)
     eval_set = data_dir / "eval.jsonl"
-    golden = one_step("eval", 40)
+    golden = one_step("eval", 20)
     eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in golden))
     svc = start_service(model_dir, data_dir, {**TRAIN_ENV, **eval_task(eval_set)})
     svc.seeded = seeded  # type: ignore[attr-defined]
     seen = {p.question for p in golden + one_step("train", 24)}  # the gate's set and the training debates
-    svc.unseen = [p for p in one_step("eval", 120, seed=7) if p.question not in seen][:60]  # type: ignore[attr-defined]
+    svc.unseen = [p for p in one_step("eval", 120, seed=7) if p.question not in seen][:40]  # type: ignore[attr-defined]
     try:
         yield svc
     finally:
@@ -144,8 +144,8 @@ def held_out_trees(model_dir: str, tmp: Path) -> list[Tree]:
     db = Database(f"sqlite:///{tmp / 'held-out.db'}")
     db.create_all()
     store = MagStore(db)
-    debate_mags(store, 8, seed=3, simple=True)
-    mags = store.list(limit=8, with_graph=True, newest_first=False)
+    debate_mags(store, 4, seed=3, simple=True)
+    mags = store.list(limit=4, with_graph=True, newest_first=False)
     assert not {m.question for m in mags} & {p.question for p in one_step("train", 24)}
     data = build(mags)
     return Encoder(PromptTokenizer(model_dir), 512, 160).trees(data.trees, 1.0, data.counts)
@@ -193,7 +193,7 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     assert done["candidate"] == "student@v1" and done["incumbent"] == base
     assert done["data"]["mags"] == len(service.seeded) and done["data"]["tree_pairs"] > 0  # type: ignore[attr-defined]
     train = done["metrics"]["train"]
-    assert train["sft_steps"] == min(24, math.ceil(done["data"]["sft_examples"] * 3 / 4))  # 3 epochs, batch 4
+    assert train["sft_steps"] == min(12, math.ceil(done["data"]["sft_examples"] * 3 / 4))  # 3 epochs, batch 4
     assert train["tdpo_steps"] == 2 and train["stage"] == "tdpo" and train["sft_examples"] > 24
     ev = done["metrics"]["eval"]
     assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.05
@@ -207,7 +207,7 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
     assert v1["status"] == "promoted"
     assert sorted(v1["lineage"]["mags"]) == sorted(service.seeded)  # type: ignore[attr-defined]
-    assert len(v1["lineage"]["trees"]) == done["data"]["trees"] and v1["metrics"]["eval"]["n"] == 40
+    assert len(v1["lineage"]["trees"]) == done["data"]["trees"] and v1["metrics"]["eval"]["n"] == 20
 
     metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
     assert 'distillery_training_runs{outcome="promoted"} 1.0' in metrics
