@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prompt-words", type=int, default=80)
-    parser.add_argument("--dtype", default="bfloat16", help="the engine's dtype (the student's default: bfloat16)")
+    parser.add_argument("--dtype", default="bfloat16",
+                        help="the engine's dtype (the student's `auto`: float32 on a CPU without native bf16)")
     parser.add_argument("--variants", default="reference,grouped")
     parser.add_argument("--variant", choices=["reference", "grouped"], help="(internal) run one variant here")
     parser.add_argument("--adapter", help="(internal) the adapter folder")

@@ -10,8 +10,8 @@ in this process.
 
 What is simulated, and why: the MAGs come from real debates (the engine, three reference teachers over HTTP) whose
 student is a reference agent erring on 70% of its answers, not the served 135M model, and the problems are the
-suite's one-step problems. In the ~20 CPU steps a test can afford, the student learns those (the
-answer format and one operation): +0.25 on the gate's set, 0.48 vs 0.10 on unseen questions. On the full suite the
+suite's one-step problems. In the 12 CPU steps a test can afford, the student learns those (the answer format
+and one operation): +0.15 on the gate's 20 questions, 0.575 vs 0.150 on 40 unseen ones. On the full suite the
 gain is a coin flip at this size (0.125 vs 0.100 measured here); with the served student debating its own mistakes
 (24 questions sent as traffic with labels), one run measured no gain (0.200 vs 0.225), which a test cannot assert.
 `distillery experiment` runs the served student's own debates at size.
@@ -196,13 +196,13 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     assert train["sft_steps"] == min(12, math.ceil(done["data"]["sft_examples"] * 3 / 4))  # 3 epochs, batch 4
     assert train["tdpo_steps"] == 2 and train["stage"] == "tdpo" and train["sft_examples"] > 24
     ev = done["metrics"]["eval"]
-    assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.05
+    assert ev["student@v1"]["accuracy"] >= ev[base]["accuracy"] + 0.1  # two of the 20 questions
 
     assert served_adapter(service) == "student@v1"  # the hot swap happened
     # Measured here, on questions no cycle saw: `student` (now v1) against the base model.
     trained, untrained = accuracy(service, "student", service.unseen), accuracy(service, base, service.unseen)
     print(f"unseen one-step questions: student@v1 {trained:.3f}, base {untrained:.3f}")
-    assert trained >= untrained + 0.1
+    assert trained >= untrained + 0.2  # eight of the 40 questions
     service.base_accuracy, service.first_job = untrained, job_id  # type: ignore[attr-defined]
     v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
     assert v1["status"] == "promoted"

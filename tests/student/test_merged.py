@@ -140,10 +140,10 @@ def test_merging_none_restores_the_base_exactly(runs: dict[str, Any]) -> None:
 
 @pytest.mark.e2e
 def test_bf16_merge_matches_the_lora_path_up_to_rounding(model_dir: str, tmp_path: Path) -> None:
-    """The service's dtype. W' = bf16(W + ΔW) rounds once where the LoRA path rounds W and adds the delta in bf16
-    activations, so completions may part after a near-tie (measured: first-token logprob gaps up to 0.15 against
-    0.3-0.5 for the adapters' own effect); the merged model must still sit much closer to its adapter than to the
-    base, and restoring must be bit-exact.
+    """bfloat16, the service's dtype on a GPU or a CPU with native bf16. W' = bf16(W + ΔW) rounds once where the
+    LoRA path rounds W and adds the delta in bf16 activations, so completions may part after a near-tie (measured:
+    first-token logprob gaps up to 0.15 against 0.3-0.5 for the adapters' own effect); the merged model must still
+    sit much closer to its adapter than to the base, and restoring must be bit-exact.
     """
     runs = asyncio.run(scenario(model_dir, tmp_path, "bfloat16"))
     assert runs["restored"] == runs["base"]
