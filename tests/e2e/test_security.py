@@ -78,7 +78,7 @@ def test_admin_endpoints_need_the_admin_key_not_a_client_key(secured):
     r = httpx.get(f"{secured.url}/admin/adapters", headers=admin_h)
     assert r.status_code == 200 and r.json()["serving"] == "smollm2-135m-instruct"
     # The admin key also works as a client key (operators test with it).
-    r = httpx.post(f"{secured.url}/v1/chat/completions", headers=admin_h,
+    r = httpx.post(f"{secured.url}/v1/chat/completions", headers=admin_h, timeout=120,  # generates beside debates
                    json={"model": "student", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 200
 
@@ -183,7 +183,7 @@ def test_cross_site_requests_to_the_loopback_service_are_refused(secured):
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
     jobs = httpx.get(f"{secured.url}/admin/jobs", headers=admin).json()["data"]
     assert [j for j in jobs if j["trigger"] == "api"] == [j for j in jobs_before if j["trigger"] == "api"]
-    ok = httpx.post(f"{secured.url}/v1/chat/completions", json=CHAT,
+    ok = httpx.post(f"{secured.url}/v1/chat/completions", json=CHAT, timeout=120,  # a generation: not httpx's 5 s
                     headers={**bearer(CLIENT_KEY), "origin": secured.url})  # the service's own origin is fine
     assert ok.status_code == 200
     still_serves(secured)
