@@ -7,6 +7,7 @@ loopback port with its own data directory, exactly as an operator would, and sto
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -29,13 +30,15 @@ E2E_TIMEOUT_S = 1200
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """An e2e test (a service to start, a training cycle) gets 20 minutes unless it sets its own timeout.
 
-    The tests of the shared `service` (below) run last, in their files' order: a session fixture lives until the
-    session ends, and an idle service (Serve's controller, proxy, replicas, the engine) takes about a third of a core
-    from every test that runs beside it on a 2-core machine."""
+    The tests of the shared `service` (below) run last, in their files' order, the fuzzer's after all others (what
+    it sends may load or unload adapters): a session fixture lives until the session ends, and an idle service
+    (Serve's controller, proxy, replicas, the engine) takes about a third of a core from every test that runs beside
+    it on a 2-core machine."""
     for item in items:
         if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
-    shared = [item for item in items if uses_shared_service(item)]
+    shared = sorted((item for item in items if uses_shared_service(item)),
+                    key=lambda item: item.get_closest_marker("fuzz") is not None)
     items[:] = [item for item in items if not uses_shared_service(item)] + shared
 
 
@@ -172,13 +175,26 @@ def stop_service(svc: Service) -> None:
         os.killpg(svc.proc.pid, signal.SIGKILL)
 
 
+# The shared service's tasks: one of each answer type, so feedback on its captured requests reaches every reader.
+SHARED_TASKS = [
+    {"name": "default", "answer_type": "number"},
+    {"name": "intent", "answer_type": "label", "labels": ["card_arrival", "lost_or_stolen_card", "unknown"]},
+    {"name": "record", "answer_type": "json", "json_schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
+        "required": ["name", "born"]}},
+]
+
+
 @pytest.fixture(scope="session")
 def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The service as `make run` starts it: no auth. Concurrency limit 6 so 429 is testable. Capture is off
-    here so the serving tests measure serving alone; tests/e2e/test_debate_service.py runs it with debates."""
-    svc = start_service(
-        model_dir, tmp_path_factory.mktemp("svc"),
-        {"DISTILLERY_SERVER__MAX_CONCURRENT_REQUESTS": "6", "DISTILLERY_CAPTURE__ENABLED": "0"},
-    )
+    """The service as `make run` starts it (no auth, capture on), with `SHARED_TASKS`, a concurrency limit of 6 so
+    429 is testable, and no debates or scheduled training, so the serving tests measure serving alone
+    (tests/e2e/test_debate_service.py runs the defaults with debates)."""
+    svc = start_service(model_dir, tmp_path_factory.mktemp("svc"), {
+        "DISTILLERY_SERVER__MAX_CONCURRENT_REQUESTS": "6",
+        "DISTILLERY_DEBATE__ENABLED": "0",
+        "DISTILLERY_TRAINING__ENABLED": "0",
+        "DISTILLERY_TASKS": json.dumps(SHARED_TASKS),
+    })
     yield svc
     stop_service(svc)

@@ -32,38 +32,25 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import start_service, stop_service
+from tests.conftest import Service
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
 
 BASE = "smollm2-135m-instruct"
 MAX_TOKENS = 4
 EXAMPLES = 40  # per operation and generation mode
 GENERATION_EXAMPLES = 30  # the two generation endpoints run the model
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-LABELS = ["card_arrival", "lost_or_stolen_card", "unknown"]
-RECORD = {"type": "object", "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
-          "required": ["name", "born"]}
-TASKS = [
-    {"name": "default", "answer_type": "number"},
-    {"name": "intent", "answer_type": "label", "labels": LABELS},
-    {"name": "record", "answer_type": "json", "json_schema": RECORD},
-]
 
 sent: Counter[str] = Counter()  # requests by operation
 answered: Counter[str] = Counter()  # answers by status class (2xx, 4xx, 5xx)
 
 
 @pytest.fixture(scope="module")
-def fuzzed(model_dir, tmp_path_factory):
-    """The service with capture on (feedback needs its queue), no debates and no scheduled training."""
-    svc = start_service(model_dir, tmp_path_factory.mktemp("fuzz"), {
-        "DISTILLERY_DEBATE__ENABLED": "0",
-        "DISTILLERY_TRAINING__ENABLED": "0",
-        "DISTILLERY_TASKS": json.dumps(TASKS),
-    })
-    yield svc
-    stop_service(svc)
+def fuzzed(service: Service) -> Service:
+    """The shared service (tests/conftest.py): capture on (feedback needs its queue), no debates, no scheduled
+    training, a task of each answer type; these tests run after its other tests."""
+    return service
 
 
 def captured_requests(url: str) -> list[str]:

@@ -1,7 +1,9 @@
 """Two tasks in one deployment, end to end on the real service: arithmetic (the embedded demo's `default`) and
 BANKING77 intent routing (a `label` task with its own labelled-file teachers). Requests are recognised from
 `metadata` (and by the system-prompt rule), debated with their answer types, one cycle trains on both, and the
-gate, measuring each task on its own slice, refuses a candidate that gains on one task but breaks the other.
+gate, measuring each task on its own slice, refuses a candidate that gains on one task but breaks the other: the
+operator's `distillery train --once` runs that cycle, the refused version stays registered, and the test measures
+itself that it answers arithmetic worse than the base model.
 Bad input on the way: an unknown task, 1,000 metadata keys, a label outside the set."""
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from services.store.db import Database
 from services.store.mags import MagStore
 from services.tasks.routing import in_holdout
 from tests.conftest import Service, start_service, stop_service
-from tests.e2e.test_training_loop import FAST_TRAINING_ENV
+from tests.e2e.test_training_loop import FAST_TRAINING_ENV, accuracy
 from tests.http_servers import wait_for
 from tests.ray_jobs.mags import one_step, poisoned_mags
 
@@ -55,16 +57,22 @@ ENV = {
     "DISTILLERY_DEBATE__MAX_ROUNDS": "2",
     "DISTILLERY_DEBATE__MAX_TOKENS": "64",
     "DISTILLERY_DEBATE__STUDENT_SAMPLES": "1",
+    "DISTILLERY_DEBATE__CONCURRENCY": "4",  # the engine batches their student turns
     "DISTILLERY_TRAINING__ENABLED": "false",
     "DISTILLERY_TRAINING__MIN_MAGS": "4",
     **FAST_TRAINING_ENV,
     "DISTILLERY_TRAINING__SFT__BATCH_SIZE": "4",
-    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "12",
+    "DISTILLERY_TRAINING__SFT__MAX_STEPS": "9",  # rows of ~650 tokens (the bank's system prompt): ~22 s a step
     "DISTILLERY_TRAINING__TDPO__TREES_PER_STEP": "2",
     "DISTILLERY_TRAINING__TDPO__MAX_STEPS": "2",
     "DISTILLERY_TRAINING__EVAL__MAX_TOKENS": "48",
     "DISTILLERY_TRAINING__GATE__MAX_TOKENS_INCREASE": "0.5",
 }
+
+
+def service_env(data_dir: Path) -> dict[str, str]:
+    """The deployment's settings (the service's and `distillery train --once`'s), its golden file in `data_dir`."""
+    return {**ENV, "DISTILLERY_TASKS": json.dumps(tasks(data_dir / "arithmetic.jsonl"))}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,7 @@ def service(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     eval_set = data_dir / "arithmetic.jsonl"
     eval_set.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
                                 for p in one_step("eval", 20)))
-    svc = start_service(model_dir, data_dir, {**ENV, "DISTILLERY_TASKS": json.dumps(tasks(eval_set))})
+    svc = start_service(model_dir, data_dir, service_env(data_dir))
     try:
         yield svc
     finally:
@@ -103,7 +111,8 @@ def task_requests(svc: Service) -> dict[tuple[str, str], float]:
     return out
 
 
-def test_two_tasks_are_recognised_debated_with_their_types_and_gated_per_task(service: Service) -> None:
+def test_two_tasks_are_recognised_debated_with_their_types_and_gated_per_task(service: Service, model_dir: str
+                                                                              ) -> None:
     client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="none", max_retries=0)
     ids = {f"bank-{i}-{uuid.uuid4().hex[:8]}": row["label"] for i, row in enumerate(ROWS)}
     for rid, label in ids.items():  # the app's agents resolved these tickets: their labels wait for the requests
@@ -147,14 +156,18 @@ def test_two_tasks_are_recognised_debated_with_their_types_and_gated_per_task(se
             assert m.gold == ids[m.request_id] and m.gold_source == "feedback"
     assert len(mags.eval_slice("banking77", 100)) == len(held_out) > 0
 
-    # A cycle on both tasks, its arithmetic data poisoned: it learns the bank's format and breaks arithmetic.
-    poisoned_mags(mags, 8)
-    job = httpx.post(f"{service.url}/admin/train", timeout=60).json()["id"]
-    wait_for(lambda: httpx.get(f"{service.url}/admin/jobs/{job}", timeout=30).json()["status"] != "running",
-             timeout=1200, every=5, what="the training cycle")
-    done = httpx.get(f"{service.url}/admin/jobs/{job}", timeout=30).json()
-    assert done["status"] == "succeeded" and done["outcome"] == "not_promoted", (done["error"], done["reason"])
-    assert "task default falls" in done["reason"]
+    # A cycle on both tasks, its arithmetic data poisoned: it learns the bank's format and breaks arithmetic. The
+    # operator's `distillery train --once` runs it (the service's own trigger is tests/e2e/test_training_loop.py's).
+    poisoned = poisoned_mags(mags, 8)
+    port = service.url.rsplit(":", 1)[1]
+    env = {**os.environ, **service_env(service.data_dir), "DISTILLERY_DATA_DIR": str(service.data_dir),
+           "DISTILLERY_STUDENT__MODEL": model_dir, "DISTILLERY_SERVER__PORT": port}
+    out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once"], env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0 and "not_promoted" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    done = httpx.get(f"{service.url}/admin/jobs", timeout=30).json()["data"][0]
+    assert done["trigger"] == "cli" and done["status"] == "succeeded", (done["error"], done["reason"])
+    assert done["outcome"] == "not_promoted" and "task default falls" in done["reason"]
     ev = done["metrics"]["eval"]
     cand, base = ev[done["candidate"]], ev[done["incumbent"]]
     print("per task, candidate vs base:", json.dumps({t: (cand["tasks"][t], base["tasks"][t]) for t in cand["tasks"]}))
@@ -173,3 +186,12 @@ def test_two_tasks_are_recognised_debated_with_their_types_and_gated_per_task(se
     assert "banking77" in out.stdout and "task default falls" in out.stdout
     served = httpx.get(f"{service.url}/admin/adapters", timeout=30).json()
     assert not any(a["status"] == "promoted" for a in served["adapters"])
+    refused = next(a for a in served["adapters"] if a["version"] == done["candidate"])  # kept, for an operator
+    assert refused["status"] == "registered" and refused["note"].startswith("not promoted")
+    assert set(poisoned) <= set(refused["lineage"]["mags"])
+    # Measured here, on arithmetic questions no cycle saw: the refused version is worse than the base model.
+    seen = {p.question for p in one_step("eval", 20) + one_step("train", 2)}
+    unseen = [p for p in one_step("eval", 120, seed=7) if p.question not in seen][:40]
+    cand_acc, base_acc = accuracy(service, done["candidate"], unseen), accuracy(service, done["incumbent"], unseen)
+    print(f"unseen one-step questions: {done['candidate']} {cand_acc:.3f}, base {base_acc:.3f}")
+    assert cand_acc < base_acc

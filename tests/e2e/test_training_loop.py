@@ -1,12 +1,12 @@
 """The loop's second half on the real model: seeded MAGs -> trees -> SFT -> T-DPO (Ray Train) -> evaluation
-through the service -> gate -> promotion (hot swap); a worse candidate refused; a killed job changing nothing.
+through the service -> gate -> promotion (hot swap); a killed job changing nothing. (A worse candidate refused by
+the gate, started by `distillery train --once`, is tests/e2e/test_tasks.py's.)
 
-One service, its scheduler's periodic trigger off (cycles start by POST /admin/train and `distillery train
---once`), small training and evaluation sizes so CI stays quick (`distillery experiment` measures the method at
-size). The tests do not take the cycle's word for what it learnt: after each cycle they ask questions no cycle
-saw, through the `openai` client, of the new version and of the base model, and grade the replies themselves (the
-last number in the reply); T-DPO's effect is measured on held-out preference pairs with the stage adapters loaded
-in this process.
+One service, its scheduler's periodic trigger off (cycles start by POST /admin/train), small training and
+evaluation sizes so CI stays quick (`distillery experiment` measures the method at size). The tests do not take
+the cycle's word for what it learnt: after the cycle they ask questions no cycle saw, through the `openai` client,
+of the new version and of the base model, and grade the replies themselves (the last number in the reply); T-DPO's
+effect is measured on held-out preference pairs with the stage adapters loaded in this process.
 
 What is simulated, and why: the MAGs come from real debates (the engine, three reference teachers over HTTP) whose
 student is a reference agent erring on 70% of its answers, not the served 135M model, and the problems are the
@@ -24,8 +24,6 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +44,7 @@ from services.student.tokenizer import PromptTokenizer
 from services.tasks.arithmetic import Problem
 from tests.conftest import Service, start_service, stop_service
 from tests.http_servers import wait_for
-from tests.ray_jobs.mags import debate_mags, one_step, poisoned_mags
+from tests.ray_jobs.mags import debate_mags, one_step
 
 pytestmark = pytest.mark.e2e
 
@@ -203,7 +201,7 @@ def test_a_cycle_trains_evaluates_and_promotes(service: Service) -> None:
     trained, untrained = accuracy(service, "student", service.unseen), accuracy(service, base, service.unseen)
     print(f"unseen one-step questions: student@v1 {trained:.3f}, base {untrained:.3f}")
     assert trained >= untrained + 0.2  # eight of the 40 questions
-    service.base_accuracy, service.first_job = untrained, job_id  # type: ignore[attr-defined]
+    service.first_job = job_id  # type: ignore[attr-defined]
     v1 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v1")
     assert v1["status"] == "promoted"
     assert sorted(v1["lineage"]["mags"]) == sorted(service.seeded)  # type: ignore[attr-defined]
@@ -222,34 +220,6 @@ def test_tdpo_raises_the_preference_margin_over_sft_on_held_out_pairs(service: S
     sft, tdpo = (mean_margin(model_dir, job_dir / f"adapter-{stage}", trees) for stage in ("sft", "tdpo"))
     print(f"held-out pairs: mean chosen-over-rejected log-prob margin SFT {sft:.3f}, T-DPO {tdpo:.3f}")
     assert tdpo > sft
-
-
-def test_a_worse_candidate_is_registered_but_not_promoted(service: Service, model_dir: str) -> None:
-    db = Database(f"sqlite:///{service.data_dir / 'distillery.db'}")
-    poisoned = poisoned_mags(MagStore(db), 12)
-    port = service.url.rsplit(":", 1)[1]
-    env = {**os.environ, "DISTILLERY_DATA_DIR": str(service.data_dir), "DISTILLERY_STUDENT__MODEL": model_dir,
-           "DISTILLERY_SERVER__PORT": port, **TRAIN_ENV,
-           **eval_task(service.data_dir / "eval.jsonl"),
-           "DISTILLERY_TRAINING__MAX_MAGS": str(len(poisoned))}  # the newest MAGs: the poisoned ones
-    out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--once"], env=env, capture_output=True,
-                         text=True, timeout=JOB_TIMEOUT_S)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "not_promoted" in out.stdout
-
-    last = httpx.get(f"{service.url}/admin/jobs", timeout=30).json()["data"][0]
-    assert last["trigger"] == "cli" and last["outcome"] == "not_promoted" and last["candidate"] == "student@v2"
-    ev = last["metrics"]["eval"]
-    assert ev["student@v2"]["accuracy"] < ev["student@v1"]["accuracy"]
-    assert "below the required" in last["reason"]
-    v2 = next(a for a in adapters(service)["adapters"] if a["version"] == "student@v2")
-    assert v2["status"] == "registered" and v2["note"].startswith("not promoted")
-    assert sorted(v2["lineage"]["mags"]) == sorted(poisoned)
-    assert served_adapter(service) == "student@v1"
-    # Measured here: the poisoned version is worse than the base model itself, not only than v1.
-    poisoned_accuracy = accuracy(service, "student@v2", service.unseen)
-    print(f"unseen one-step questions: student@v2 {poisoned_accuracy:.3f}, base {service.base_accuracy:.3f}")
-    assert poisoned_accuracy < service.base_accuracy  # type: ignore[attr-defined]
 
 
 def test_a_killed_job_changes_nothing_served(service: Service) -> None:
