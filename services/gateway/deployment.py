@@ -11,7 +11,6 @@ from services.capture.redact import build_redactor
 from services.capture.sink import StoreSink
 from services.cluster import replica_identity
 from services.config import Settings
-from services.gateway.app import build_app
 from services.gateway.exposure import is_loopback
 from services.gateway.metrics import ServingMetrics
 from services.gateway.replica_metrics import ReplicaMetricsServer
@@ -50,6 +49,10 @@ class RaySchedulerClient:
 class GatewayDeployment:
     def __init__(self, student: Any, debate: Any | None, scheduler: Any | None, settings: Settings, model_path: str,
                  base_id: str) -> None:
+        # Here, not at the top: the process that binds the deployments (`distillery serve`) imports this module,
+        # and the app's request models import vLLM's (~13 s on 2 cores) before any replica could start.
+        from services.gateway.app import build_app
+
         logging.basicConfig(level=settings.log_level)
         registry = AdapterRegistry.from_settings(settings, base_id=base_id, model_path=model_path)
         store = sink = None
